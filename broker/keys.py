@@ -1,0 +1,110 @@
+"""Every Redis key arena-eval uses is built here, and nowhere else.
+
+One module, one prefix (``arena:`` by default, ``ARENA_PREFIX`` to change it),
+so a ``redis-cli`` user can read the whole layout from this file and several
+deployments can share one server. Names in ``{braces}`` are Redis Cluster hash
+tags: all keys of one pool, one job or one client land on the same slot, while
+different pools, jobs and clients spread over the shards.
+
+The layout, with a redis-cli example for each kind of key, is documented in
+``docs/architecture.md``; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.settings import DEFAULT_PREFIX
+
+#: Consumer group of policy workers on a pool's request stream.
+POLICY_GROUP = "policy-workers"
+#: Consumer group of sim workers on the work-unit stream.
+SIM_GROUP = "sim-workers"
+
+_FORBIDDEN = set("{}:\r\n\t *?[]")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a user-chosen name (pool, job, worker) so it is safe inside a key."""
+    if not name or len(name) > 128 or any(c in _FORBIDDEN for c in name):
+        raise ConfigError(
+            f"invalid {kind} name {name!r}: use 1-128 characters without spaces, "
+            "':', braces, wildcards or control characters (e.g. 'gr1-pool')"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder bound to one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- model pools --------------------------------------------------------
+    def pools(self) -> str:
+        """SET of pool names that have ever registered."""
+        return f"{self.prefix}pools"
+
+    def pool_spec(self, pool: str) -> str:
+        """STRING (JSON): the pool's PolicySpec, written by its first worker."""
+        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:spec"
+
+    def pool_requests(self, pool: str) -> str:
+        """STREAM of inference requests, read by the POLICY_GROUP consumer group."""
+        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:requests"
+
+    def pool_dead(self, pool: str) -> str:
+        """STREAM of dead letters: requests that could not be served, with the reason."""
+        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:dead"
+
+    def pool_workers(self, pool: str) -> str:
+        """SET of worker ids that joined the pool (liveness is the heartbeat key)."""
+        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:workers"
+
+    def pool_worker(self, pool: str, worker_id: str) -> str:
+        """STRING (JSON) with a TTL: one policy worker's heartbeat and counters."""
+        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:worker:{worker_id}"
+
+    # -- clients --------------------------------------------------------------
+    def reply_stream(self, client_id: str) -> str:
+        """STREAM of replies for one PolicyClient; deleted when the client closes."""
+        return f"{self.prefix}client:{{{check_name('client', client_id)}}}:replies"
+
+    # -- jobs -----------------------------------------------------------------
+    def jobs(self) -> str:
+        """ZSET of job ids scored by submit time."""
+        return f"{self.prefix}jobs"
+
+    def job(self, job_id: str) -> str:
+        """HASH: the job's spec (JSON), state, reason and timestamps."""
+        return f"{self.prefix}job:{{{check_name('job', job_id)}}}"
+
+    def job_results(self, job_id: str) -> str:
+        """HASH episode index -> result (JSON); written once per episode with HSETNX."""
+        return f"{self.prefix}job:{{{check_name('job', job_id)}}}:results"
+
+    def job_stats(self, job_id: str) -> str:
+        """HASH of counters (steps, policy time) and a step-latency histogram."""
+        return f"{self.prefix}job:{{{check_name('job', job_id)}}}:stats"
+
+    def job_workers(self, job_id: str) -> str:
+        """HASH worker id -> last time it worked on the job."""
+        return f"{self.prefix}job:{{{check_name('job', job_id)}}}:workers"
+
+    def units(self) -> str:
+        """STREAM of work units (shards of episodes of any job), read by SIM_GROUP."""
+        return f"{self.prefix}units"
+
+    # -- sim workers ----------------------------------------------------------
+    def sim_workers(self) -> str:
+        """SET of sim worker ids (liveness is the heartbeat key)."""
+        return f"{self.prefix}sim-workers"
+
+    def sim_worker(self, worker_id: str) -> str:
+        """STRING (JSON) with a TTL: one sim worker's heartbeat and current unit."""
+        return f"{self.prefix}sim-worker:{check_name('worker', worker_id)}"
+
+    def all_pattern(self) -> str:
+        """SCAN pattern matching every key of this deployment."""
+        return f"{self.prefix}*"

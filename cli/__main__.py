@@ -1,0 +1,3 @@
+from arena_eval.cli.app import main
+
+main()

@@ -1,0 +1,77 @@
+"""The root Typer app: one sub-app per area, combined with ``add_typer``.
+
+``main`` is the console-script entry point. It turns every ``ArenaEvalError``
+into one readable line on stderr and exit status 1, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from arena_eval import __version__
+from arena_eval.broker.errors import ArenaEvalError
+
+app = typer.Typer(
+    name="arena-eval",
+    help="Evaluation fabric for robot policies over Redis Streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err_console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"arena-eval {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """Evaluation fabric for robot policies over Redis Streams."""
+
+
+def _register_subcommands() -> None:
+    # Imported here so that each area stays in its own module.
+    from arena_eval.cli import redis_cmd
+
+    app.add_typer(redis_cmd.app, name="redis")
+
+
+_register_subcommands()
+
+
+def main() -> None:
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int):
+            sys.exit(rc)
+    except ArenaEvalError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            err_console.print("aborted")
+            sys.exit(1)
+        raise

@@ -1,0 +1,1 @@
+"""Policy workers: the Policy interface, its registry, built-in policies and the serve loop."""
