@@ -42,9 +42,11 @@ def _root(
 
 def _register_subcommands() -> None:
     # Imported here so that each area stays in its own module.
-    from arena_eval.cli import redis_cmd
+    from arena_eval.cli import policy_cmd, redis_cmd
 
     app.add_typer(redis_cmd.app, name="redis")
+    app.add_typer(policy_cmd.app, name="policy")
+    app.command("pools")(policy_cmd.pools_cmd)
 
 
 _register_subcommands()

@@ -1,0 +1,546 @@
+"""The policy worker: read, batch, infer, reply, ack, reclaim.
+
+One worker is one consumer in the pool's consumer group. It reads requests
+from every sim node, waits at most ``max_wait_ms`` after the first one to
+gather up to ``max_batch`` rows, runs **one** ``policy.infer`` on the whole
+batch, splits the ``(B, H, A)`` chunks back per request, and sends all the
+replies plus the XACK/XDEL in one pipelined round trip.
+
+Failure semantics (each has a test):
+
+* A request left pending by a dead worker is taken over with XAUTOCLAIM once
+  it has been idle ``claim_idle_ms``; a request delivered more than
+  ``max_deliveries`` times goes to the dead-letter stream and its requester
+  gets an error reply.
+* Bad input never stops the worker: an undecodable entry, a spec mismatch or
+  an exception in ``infer`` each produce a dead letter (with the reason and
+  the original fields) and an error reply where there is a requester. When a
+  batched ``infer`` raises, each request is retried alone so that one bad
+  request does not fail its neighbours.
+* ``stop()`` (SIGTERM/SIGINT in the CLI) lets the batch in flight finish and
+  be answered, then deregisters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from arena_eval.broker import codec, pool, shm
+from arena_eval.broker.connection import connect
+from arena_eval.broker.errors import ArenaEvalError
+from arena_eval.broker.keys import POLICY_GROUP, Keys
+from arena_eval.broker.protocol import (
+    F_DATA,
+    F_REPLY,
+    F_RID,
+    F_SHM,
+    InferRequest,
+    actions_reply,
+    error_reply,
+)
+from arena_eval.broker.settings import RedisSettings
+from arena_eval.broker.spec import PolicySpec
+from arena_eval.policy_worker.policy import Policy
+
+log = logging.getLogger("arena_eval.policy_worker")
+
+REPLY_STREAM_MAXLEN = 64
+REPLY_STREAM_TTL_S = 600
+DEAD_STREAM_MAXLEN = 10_000
+_POLL_S = 0.0002
+_ACTIVE_CLIENT_S = 1.0
+
+
+@dataclass
+class Pending:
+    """One request entry taken from a stream, decoded or failed."""
+
+    stream: str
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    read_at: float
+    rid: str = ""
+    reply: str = ""
+    request: InferRequest | None = None
+    ticket: shm.Ticket | None = None
+    error: str | None = None
+    decode_ms: float = 0.0
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    requests: int = 0
+    rows: int = 0
+    infer_calls: int = 0
+    infer_s: float = 0.0
+    errors: int = 0
+    dead_letters: int = 0
+    reclaimed: int = 0
+    expired: int = 0
+    stale: int = 0
+    started: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, float]:
+        mean_batch = self.rows / self.batches if self.batches else 0.0
+        return {
+            "batches": self.batches,
+            "requests": self.requests,
+            "rows": self.rows,
+            "infer_calls": self.infer_calls,
+            "infer_s": round(self.infer_s, 6),
+            "mean_batch_rows": round(mean_batch, 3),
+            "errors": self.errors,
+            "dead_letters": self.dead_letters,
+            "reclaimed": self.reclaimed,
+            "expired": self.expired,
+            "stale": self.stale,
+            "started": self.started,
+        }
+
+
+class PolicyWorker:
+    """Serve one pool with one policy until ``stop()``."""
+
+    def __init__(
+        self,
+        pool_name: str,
+        policy: Policy,
+        settings: RedisSettings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        max_batch: int = 64,
+        max_wait_ms: float = 2.0,
+        claim_idle_ms: int = 5000,
+        max_deliveries: int = 3,
+        worker_id: str | None = None,
+        block_ms: int = 200,
+    ) -> None:
+        if max_batch < 1:
+            raise ArenaEvalError(f"max_batch must be >= 1, got {max_batch}")
+        self.pool = pool_name
+        self.policy = policy
+        self.settings = settings or RedisSettings.from_env()
+        self.keys = Keys(self.settings.prefix)
+        self._r = client if client is not None else connect(self.settings)
+        self._hb_r = redis.Redis(connection_pool=self._r.connection_pool)
+        # XAUTOCLAIM replies differ between Redis 6.2 and 7; parse them ourselves.
+        self._raw = redis.Redis(connection_pool=self._r.connection_pool)
+        self._raw.response_callbacks.pop("XAUTOCLAIM", None)
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.block_ms = block_ms
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.host_id = shm.host_id()
+        self.spec: PolicySpec = policy.spec()
+        self.streams = [
+            self.keys.pool_requests(pool_name),
+            self.keys.pool_host_requests(pool_name, self.host_id),
+        ]
+        self.dead_stream = self.keys.pool_dead(pool_name)
+        self.stats = WorkerStats()
+        self._reader = shm.SlotReader()
+        self._stop = threading.Event()
+        self._next_claim = 0.0
+        self._recent_clients: dict[str, float] = {}
+        self._hb_thread: threading.Thread | None = None
+        self._registered = False
+
+    # -- lifecycle -----------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def register(self) -> None:
+        pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
+        for stream in self.streams:
+            pool.ensure_group(self._r, stream)
+        self._heartbeat()
+        self._registered = True
+        shm.sweep_orphans()
+        self._hb_thread = threading.Thread(target=self._heartbeat_loop, daemon=True)
+        self._hb_thread.start()
+
+    def deregister(self) -> None:
+        if self._registered:
+            with contextlib.suppress(Exception):
+                pool.deregister(self._hb_r, self.keys, self.pool, self.worker_id)
+            self._registered = False
+
+    def run(self, *, max_batches: int | None = None, burst: bool = False) -> WorkerStats:
+        """Serve until stopped; ``burst`` returns once the streams are empty (tests)."""
+        self.register()
+        try:
+            while not self._stop.is_set():
+                if max_batches is not None and self.stats.batches >= max_batches:
+                    break
+                served = self.serve_once()
+                if burst and not served:
+                    break
+        finally:
+            self._stop.set()
+            self.deregister()
+            self.policy.close()
+        return self.stats
+
+    def serve_once(self) -> int:
+        """Read and answer at most one batch; return the number of requests handled."""
+        try:
+            items = self._reclaim_due() + self._gather()
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
+            log.warning("lost Redis (%s); reconnecting", exc)
+            time.sleep(0.2)
+            return 0
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis lost its data (restart without AOF)
+                for stream in self.streams:
+                    pool.ensure_group(self._r, stream)
+                pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
+                return 0
+            raise
+        if items:
+            self._handle(items)
+        return len(items)
+
+    # -- reading -------------------------------------------------------------
+    def _read(self, count: int, block_ms: int | None) -> list[Pending]:
+        resp = self._r.xreadgroup(
+            POLICY_GROUP,
+            self.worker_id,
+            dict.fromkeys(self.streams, ">"),
+            count=count,
+            block=block_ms,
+        )
+        now = time.time()
+        out = []
+        for stream, entries in resp or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for entry_id, fields in entries:
+                out.append(self._decode(Pending(name, entry_id, fields or {}, now)))
+        return out
+
+    def _gather(self) -> list[Pending]:
+        items = self._read(self.max_batch, self.block_ms)
+        if not items:
+            return items
+        rows = sum(_rows(p) for p in items)
+        now = time.monotonic()
+        deadline = now + self.max_wait_ms / 1000.0
+        clients = self._note_clients(items, now)
+        expected = self._expected_clients(now)
+        # Redis only expires a BLOCK timeout on its next cron tick (up to 1000/hz ms,
+        # 100 ms by default), so the batching window polls without BLOCK instead.
+        # It also stops waiting as soon as every recently active client has a
+        # request in the batch: nobody else is coming, so waiting is pure latency.
+        while rows < self.max_batch and len(clients) < expected and not self._stop.is_set():
+            more = self._read(self.max_batch, None)
+            if more:
+                items.extend(more)
+                rows += sum(_rows(p) for p in more)
+                clients |= self._note_clients(more, time.monotonic())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, _POLL_S))
+        return items
+
+    def _note_clients(self, items: list[Pending], now: float) -> set[str]:
+        seen = {p.request.client for p in items if p.request is not None}
+        for client in seen:
+            self._recent_clients[client] = now
+        return seen
+
+    def _expected_clients(self, now: float) -> int:
+        """How many clients sent requests within the last second (at least 1)."""
+        horizon = now - _ACTIVE_CLIENT_S
+        stale = [c for c, t in self._recent_clients.items() if t < horizon]
+        for c in stale:
+            del self._recent_clients[c]
+        return max(1, len(self._recent_clients))
+
+    def _decode(self, p: Pending) -> Pending:
+        t0 = time.perf_counter()
+        p.rid = _text(p.fields.get(F_RID))
+        p.reply = _text(p.fields.get(F_REPLY))
+        try:
+            if F_SHM in p.fields:
+                p.ticket = shm.Ticket.from_wire(p.fields[F_SHM])
+                payload: Any = self._reader.view(p.ticket)
+            elif F_DATA in p.fields:
+                payload = p.fields[F_DATA]
+            else:
+                raise ArenaEvalError(
+                    f"entry has no payload field (fields: {sorted(_text(k) for k in p.fields)})"
+                )
+            request = InferRequest.from_message(codec.loads(payload))
+            if p.rid and request.rid != p.rid:
+                raise ArenaEvalError("payload rid does not match the entry's rid field")
+            rows = self.spec.check_observations(request.obs)
+            if len(request.episode_ids) not in (0, rows):
+                raise ArenaEvalError(
+                    f"{len(request.episode_ids)} episode ids for {rows} observation rows"
+                )
+            p.request = request
+        except ArenaEvalError as exc:
+            p.error = f"{type(exc).__name__}: {exc}"
+        p.decode_ms = (time.perf_counter() - t0) * 1e3
+        return p
+
+    def _reclaim_due(self) -> list[Pending]:
+        now = time.monotonic()
+        if now < self._next_claim:
+            return []
+        self._next_claim = now + max(0.05, self.claim_idle_ms / 2000.0)
+        out: list[Pending] = []
+        for stream in self.streams:
+            out.extend(self._reclaim(stream))
+        return out
+
+    def _reclaim(self, stream: str) -> list[Pending]:
+        """XAUTOCLAIM entries idle past claim_idle_ms; dead-letter the over-delivered."""
+        try:
+            _next, claimed, deleted = _autoclaim(
+                self._raw, stream, self.worker_id, self.claim_idle_ms, self.max_batch
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise
+        if deleted:  # trimmed while pending: nothing to serve, just clear the PEL
+            self._r.xack(stream, POLICY_GROUP, *deleted)
+        if not claimed:
+            return []
+        counts = _delivery_counts(self._r, stream, self.worker_id, [eid for eid, _ in claimed])
+        now = time.time()
+        out = []
+        for entry_id, fields in claimed:
+            p = Pending(stream, entry_id, fields or {}, now)
+            deliveries = counts.get(entry_id, 1)
+            if deliveries > self.max_deliveries:
+                p.rid = _text(p.fields.get(F_RID))
+                p.reply = _text(p.fields.get(F_REPLY))
+                p.error = (
+                    f"request delivered {deliveries} times without an answer "
+                    f"(max {self.max_deliveries}): workers crashed or hung while serving it"
+                )
+            else:
+                self._decode(p)
+            out.append(p)
+        self.stats.reclaimed += len(out)
+        return out
+
+    # -- serving ---------------------------------------------------------------
+    def _handle(self, items: list[Pending]) -> None:
+        now = time.time()
+        good: list[Pending] = []
+        done: list[Pending] = []
+        for p in items:
+            if p.request is not None and p.request.deadline and p.request.deadline < now:
+                self.stats.expired += 1  # the requester gave up: answering would be waste
+                done.append(p)
+            elif p.request is not None:
+                good.append(p)
+            else:
+                done.append(p)
+        replies: list[tuple[Pending, dict[str, Any]]] = []
+        if good:
+            replies.extend(self._infer_batch(good))
+        self._finish(replies, done + good)
+
+    def _infer_batch(self, batch: list[Pending]) -> list[tuple[Pending, dict[str, Any]]]:
+        try:
+            actions, infer_s = self._run_policy(batch)
+        except Exception as exc:
+            if len(batch) > 1:  # isolate the request that breaks the policy
+                out: list[tuple[Pending, dict[str, Any]]] = []
+                for p in batch:
+                    out.extend(self._infer_batch([p]))
+                return out
+            p = batch[0]
+            p.error = f"policy.infer raised {type(exc).__name__}: {exc}"
+            log.warning("infer failed for %s: %s", p.rid, traceback.format_exc(limit=3))
+            return []
+        t_enc = time.perf_counter()
+        rows = sum(_rows(p) for p in batch)
+        out = []
+        offset = 0
+        for p in batch:
+            assert p.request is not None
+            n = _rows(p)
+            if p.ticket is not None and not self._reader.still_valid(p.ticket):
+                self.stats.stale += 1  # slot rewritten under us: the client moved on
+                offset += n
+                continue
+            timing = {
+                "queue_ms": max(0.0, (p.read_at - p.request.sent) * 1e3),
+                "decode_ms": p.decode_ms,
+                "infer_ms": infer_s * 1e3,
+                "batch_rows": float(rows),
+                "batch_requests": float(len(batch)),
+            }
+            chunk = actions[offset : offset + n]
+            offset += n
+            out.append((p, actions_reply(p.rid, chunk, self.worker_id, timing)))
+        encode_ms = (time.perf_counter() - t_enc) * 1e3
+        for _p, msg in out:
+            msg["timing"]["encode_ms"] = encode_ms
+        self.stats.batches += 1
+        self.stats.requests += len(batch)
+        self.stats.rows += rows
+        return out
+
+    def _run_policy(self, batch: list[Pending]) -> tuple[np.ndarray, float]:
+        requests = [p.request for p in batch if p.request is not None]
+        if len(requests) == 1:
+            obs = requests[0].obs
+        else:
+            obs = {k: np.concatenate([r.obs[k] for r in requests]) for k in requests[0].obs}
+        starts = [e for r in requests for e in r.starts]
+        if starts:
+            self.policy.reset(starts)
+        rows = sum(_rows(p) for p in batch)
+        t0 = time.perf_counter()
+        self.stats.infer_calls += 1
+        actions = self.policy.infer(obs)
+        infer_s = time.perf_counter() - t0
+        self.stats.infer_s += infer_s
+        expected = (rows, *self.spec.action_shape)
+        if not isinstance(actions, np.ndarray) or actions.shape != expected:
+            got = getattr(actions, "shape", type(actions).__name__)
+            raise ArenaEvalError(f"policy returned {got}, expected {expected}")
+        if actions.dtype.name != self.spec.action_dtype:
+            actions = actions.astype(self.spec.action_dtype)
+        return actions, infer_s
+
+    def _finish(self, replies: list[tuple[Pending, dict[str, Any]]], items: list[Pending]) -> None:
+        """Send replies, dead letters, XACK and XDEL in one pipelined round trip."""
+        pipe = self._r.pipeline(transaction=False)
+        for p, msg in replies:
+            _send_reply(pipe, p.reply, msg)
+        for p in items:
+            if p.error is None:
+                continue
+            self.stats.errors += 1
+            self.stats.dead_letters += 1
+            dead: dict[Any, Any] = {
+                "reason": p.error,
+                "worker": self.worker_id,
+                "stream": p.stream,
+                "entry_id": p.entry_id,
+                "at": f"{time.time():.3f}",
+            }
+            for k, v in p.fields.items():
+                dead[b"orig:" + (k if isinstance(k, bytes) else str(k).encode())] = v
+            pipe.xadd(self.dead_stream, dead, maxlen=DEAD_STREAM_MAXLEN, approximate=True)
+            if p.reply and p.rid:
+                _send_reply(pipe, p.reply, error_reply(p.rid, p.error, self.worker_id))
+        by_stream: dict[str, list[bytes]] = {}
+        for p in items:
+            by_stream.setdefault(p.stream, []).append(p.entry_id)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, POLICY_GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        pipe.execute(raise_on_error=False)
+
+    # -- heartbeat -------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        data: dict[str, Any] = {
+            "worker_id": self.worker_id,
+            "host": socket.gethostname(),
+            "host_id": self.host_id,
+            "pid": os.getpid(),
+            "policy": self.spec.name,
+            "policy_version": self.spec.version,
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait_ms,
+            "state": "stopping" if self._stop.is_set() else "serving",
+            **self.stats.as_dict(),
+        }
+        pool.heartbeat(self._hb_r, self.keys, self.pool, self.worker_id, data)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(pool.HEARTBEAT_INTERVAL_S):
+            try:
+                self._heartbeat()
+            except Exception as exc:  # Redis away: the main loop reconnects; keep trying
+                log.debug("heartbeat failed: %s", exc)
+
+
+def _send_reply(pipe: Any, reply_key: str, msg: dict[str, Any]) -> None:
+    if not reply_key:
+        return
+    pipe.xadd(reply_key, {F_DATA: codec.dumps(msg, compression="off")},
+              maxlen=REPLY_STREAM_MAXLEN, approximate=True)  # fmt: skip
+    pipe.expire(reply_key, REPLY_STREAM_TTL_S)
+
+
+def _autoclaim(
+    r: redis.Redis, stream: str, consumer: str, min_idle_ms: int, count: int
+) -> tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]], list[bytes]]:
+    resp = r.execute_command(
+        "XAUTOCLAIM", stream, POLICY_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count
+    )
+    next_id = resp[0]
+    claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
+    deleted: list[bytes] = list(resp[2]) if len(resp) > 2 else []
+    for entry in resp[1]:
+        if entry is None:
+            continue
+        entry_id, flat = entry
+        if flat is None:  # Redis 6.2 reports trimmed entries inline as nil
+            deleted.append(entry_id)
+            continue
+        claimed.append((entry_id, dict(zip(flat[::2], flat[1::2]))))
+    return next_id, claimed, deleted
+
+
+def _delivery_counts(
+    r: redis.Redis, stream: str, consumer: str, ids: list[bytes]
+) -> dict[bytes, int]:
+    lo, hi = min(ids, key=_id_key), max(ids, key=_id_key)
+    rows = r.xpending_range(stream, POLICY_GROUP, min=lo, max=hi, count=len(ids) + 1000,
+                            consumername=consumer)  # fmt: skip
+    wanted = set(ids)
+    return {
+        row["message_id"]: int(row["times_delivered"])
+        for row in rows
+        if row["message_id"] in wanted
+    }
+
+
+def _id_key(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
+def _rows(p: Pending) -> int:
+    if p.request is None or not p.request.obs:
+        return 0
+    return int(next(iter(p.request.obs.values())).shape[0])
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)

@@ -1,0 +1,80 @@
+"""ChunkedPolicy: per-env action-chunk buffers, like the seed's client.
+
+A pool returns ``(B, H, A)`` chunks. Each env consumes its chunk one action
+per step and asks again only when the chunk runs out or its episode changes,
+and only the rows that need a new chunk are sent: with staggered episodes a
+request carries a few rows, not all N (the seed sent every env each time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from arena_eval.sim_worker.client import PolicyClient
+
+
+class ChunkedPolicy:
+    def __init__(self, client: PolicyClient, num_envs: int) -> None:
+        self.client = client
+        spec = client.spec or client.connect()
+        self.horizon, self.action_dim = spec.action_shape
+        self.num_envs = num_envs
+        self._chunks = np.zeros((num_envs, self.horizon, self.action_dim), np.float32)
+        self._index = np.full(num_envs, self.horizon, np.int64)  # == horizon: empty
+        self._episodes: list[str | None] = [None] * num_envs
+        self.requests = 0
+        self.rows_requested = 0
+
+    def reset(self, env_ids: Sequence[int] | np.ndarray | None = None) -> None:
+        """Forget the buffered chunks of ``env_ids`` (all envs if None)."""
+        ids = np.arange(self.num_envs) if env_ids is None else np.asarray(env_ids, np.int64)
+        self._index[ids] = self.horizon
+        for i in ids.tolist():
+            self._episodes[i] = None
+
+    def act(
+        self,
+        obs: Mapping[str, np.ndarray],
+        episode_ids: Sequence[str | int],
+        *,
+        step: int = 0,
+        active: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One action per env, ``(N, A)``; fetches chunks for the envs that need them.
+
+        ``active`` (bool, N) excludes envs that are idle (e.g. done, with no
+        episode left to run): they get no request and a zero action.
+        """
+        ids = [str(e) for e in episode_ids]
+        starts = [i for i in range(self.num_envs) if ids[i] != self._episodes[i]]
+        for i in starts:
+            self._index[i] = self.horizon
+            self._episodes[i] = ids[i]
+        need = self._index >= self.horizon
+        if active is not None:
+            need &= active
+        rows = np.flatnonzero(need)
+        if rows.size:
+            if rows.size == self.num_envs:
+                sub = dict(obs)
+            else:
+                sub = {k: v[rows] for k, v in obs.items()}
+            row_ids = [ids[i] for i in rows.tolist()]
+            start_set = {ids[i] for i in starts}
+            chunk = self.client.infer(
+                sub, row_ids, step=step, starts=[e for e in row_ids if e in start_set]
+            )
+            self._chunks[rows] = chunk
+            self._index[rows] = 0
+            self.requests += 1
+            self.rows_requested += int(rows.size)
+        safe = np.minimum(self._index, self.horizon - 1)
+        actions = self._chunks[np.arange(self.num_envs), safe].copy()
+        if active is not None:
+            actions[~active] = 0.0
+            self._index[active] += 1
+        else:
+            self._index += 1
+        return actions

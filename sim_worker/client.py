@@ -1,0 +1,332 @@
+"""PolicyClient: a simulation process's handle on a remote model pool.
+
+One ``infer`` call is one round trip. The request (``XADD``) and the wait for
+the answer (``XREAD BLOCK`` on the client's own reply stream) go out in a
+single write, so the fabric costs one client<->Redis round trip per request,
+like a direct socket. Large payloads take the same-host shared-memory path
+when a worker of the pool runs on this host (``broker/shm.py``); otherwise
+they travel inline through Redis, lz4-compressed when that pays.
+
+Failure handling, all inside ``infer``:
+
+* observations are checked against the pool spec *before* sending
+  (``SpecMismatch``);
+* connection errors reconnect with backoff and resend the same request id
+  until the timeout (a Redis restart is a pause);
+* replies whose request id is not the one awaited (duplicates after a worker
+  crash and reclaim, answers to abandoned requests) are dropped;
+* if the shared-memory route loses its last local worker, the request is
+  resent inline to the whole pool;
+* a worker's error reply raises ``RemotePolicyError`` with its reason.
+
+A PolicyClient is not thread-safe: use one per thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import redis
+from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from arena_eval.broker import codec, shm
+from arena_eval.broker.connection import connect
+from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.pool import live_workers, wait_for_pool
+from arena_eval.broker.protocol import (
+    F_DATA,
+    F_REPLY,
+    F_RID,
+    F_SHM,
+    KIND_ERROR,
+    InferRequest,
+    decode_reply,
+)
+from arena_eval.broker.settings import RedisSettings
+from arena_eval.broker.spec import PolicySpec, SpecMismatch
+from arena_eval.broker.wire import Arg, Parts, execute_chain
+
+#: Requests at least this large use shared memory when a local worker exists.
+SHM_MIN_BYTES = 64 * 1024
+#: Safety cap on a pool stream; normal operation deletes entries once answered.
+REQUEST_STREAM_MAXLEN = 10_000
+_ROUTE_REFRESH_S = 1.0
+_SLOTS = 2
+
+
+class PolicyTimeout(ArenaEvalError):
+    """No answer from the pool within the timeout."""
+
+
+class RemotePolicyError(ArenaEvalError):
+    """A policy worker answered with an error (bad input, or the policy raised)."""
+
+
+_CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+class PolicyClient:
+    """Send observation batches to a pool; get ``(B, H, A)`` action chunks back."""
+
+    def __init__(
+        self,
+        pool: str,
+        settings: RedisSettings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        timeout_s: float = 30.0,
+        transport: str = "auto",
+        compression: str | None = None,
+        handshake: bool = True,
+    ) -> None:
+        if transport not in ("auto", "redis", "shm"):
+            raise ArenaEvalError(f"transport must be auto, redis or shm, not {transport!r}")
+        self.pool = pool
+        self.settings = settings or RedisSettings.from_env()
+        self.keys = Keys(self.settings.prefix)
+        self._r = client if client is not None else connect(self.settings)
+        self.timeout_s = timeout_s
+        self.transport = transport
+        self.compression = compression or _default_compression(self._r)
+        self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.reply_key = self.keys.reply_stream(self.client_id)
+        self._request_stream = self.keys.pool_requests(pool)
+        self._host_id = shm.host_id()
+        self._host_stream = self.keys.pool_host_requests(pool, self._host_id)
+        self._last_reply_id: bytes = b"0-0"
+        self._conn: AbstractConnection | None = None
+        self._slots: list[shm.SlotWriter] = []
+        self._slot_turn = 0
+        self._route_checked = 0.0
+        self._local_worker = False
+        self.spec: PolicySpec | None = None
+        self.last_timing: dict[str, float] = {}
+        self.duplicates_dropped = 0
+        self.requests_sent = 0
+        if handshake:
+            self.connect()
+
+    # -- handshake -----------------------------------------------------------
+    def connect(self) -> PolicySpec:
+        """Fetch and cache the pool's spec; raise PoolNotFound if no worker serves it."""
+        spec, workers = wait_for_pool(self._r, self.keys, self.pool, self.timeout_s)
+        self.spec = spec
+        self._note_workers(workers)
+        return spec
+
+    def _note_workers(self, workers: Sequence[Any]) -> None:
+        self._local_worker = any(w.host_id == self._host_id for w in workers)
+        self._route_checked = time.monotonic()
+
+    def _use_shm(self, nbytes: int) -> bool:
+        if self.transport == "redis" or nbytes < SHM_MIN_BYTES or not shm.available():
+            return self.transport == "shm" and shm.available()
+        if time.monotonic() - self._route_checked > _ROUTE_REFRESH_S:
+            self._note_workers(live_workers(self._r, self.keys, self.pool))
+        return self._local_worker
+
+    # -- inference -------------------------------------------------------------
+    def infer(
+        self,
+        obs: Mapping[str, np.ndarray],
+        episode_ids: Sequence[str | int],
+        *,
+        step: int = 0,
+        starts: Sequence[str | int] = (),
+    ) -> np.ndarray:
+        """Actions ``(B, H, A)`` for ``B`` observation rows, in one round trip."""
+        spec = self.spec or self.connect()
+        rows = spec.check_observations(obs)
+        if len(episode_ids) != rows:
+            raise SpecMismatch(f"{len(episode_ids)} episode ids for {rows} observation rows")
+        t0 = time.perf_counter()
+        now = time.time()
+        request = InferRequest(
+            rid=uuid.uuid4().hex,
+            client=self.client_id,
+            episode_ids=[str(e) for e in episode_ids],
+            starts=[str(e) for e in starts],
+            obs=dict(obs),
+            step=step,
+            sent=now,
+            deadline=now + self.timeout_s,
+        )
+        parts, nbytes = codec.dumps_parts(request.to_message(), compression=self.compression)
+        t_encoded = time.perf_counter()
+        payload = self._payload_field(parts, nbytes)
+        reply = self._round_trip(request.rid, payload, parts, nbytes)
+        t_done = time.perf_counter()
+        actions = reply["actions"]
+        expected = (rows, *spec.action_shape)
+        if not isinstance(actions, np.ndarray) or actions.shape != expected:
+            got = getattr(actions, "shape", type(actions).__name__)
+            raise RemotePolicyError(f"pool returned actions of shape {got}, expected {expected}")
+        timing = {k: float(v) for k, v in (reply.get("timing") or {}).items()}
+        timing.update(
+            encode_client_ms=(t_encoded - t0) * 1e3,
+            round_trip_ms=(t_done - t0) * 1e3,
+            request_bytes=float(nbytes),
+        )
+        self.last_timing = timing
+        return actions
+
+    def _payload_field(self, parts: list[Any], nbytes: int) -> tuple[bytes, Arg, str]:
+        """(field name, value, stream) for the request: a shm ticket or the inline bytes."""
+        if self._use_shm(nbytes):
+            if not self._slots:
+                self._slots = [shm.SlotWriter(self.client_id, i) for i in range(_SLOTS)]
+            slot = self._slots[self._slot_turn % _SLOTS]
+            self._slot_turn += 1
+            ticket = slot.write(parts, nbytes)
+            return (F_SHM, ticket.to_wire(), self._host_stream)
+        return (F_DATA, Parts(parts, nbytes), self._request_stream)
+
+    def _round_trip(
+        self, rid: str, payload: tuple[bytes, Arg, str], parts: list[Any], nbytes: int
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + self.timeout_s
+        field, value, stream = payload
+        send = True
+        backoff = 0.02
+        last_progress = time.monotonic()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PolicyTimeout(
+                    f"no answer from pool {self.pool!r} within {self.timeout_s:.1f} s "
+                    f"(request {rid}). Check `arena-eval pools` for live workers and their load."
+                )
+            block_ms = max(1, int(min(remaining, 1.0) * 1000))
+            commands: list[list[Arg]] = []
+            if send:
+                commands.append(
+                    ["XADD", stream, "MAXLEN", "~", REQUEST_STREAM_MAXLEN, "*",
+                     F_RID, rid, F_REPLY, self.reply_key, field, value]
+                )  # fmt: skip
+            commands.append(
+                ["XREAD", "COUNT", 16, "BLOCK", block_ms, "STREAMS",
+                 self.reply_key, self._last_reply_id]
+            )  # fmt: skip
+            try:
+                results = execute_chain(self._connection(), commands)
+            except _CONNECTION_ERRORS as exc:
+                self._drop_connection()
+                if time.monotonic() + backoff >= deadline:
+                    raise BrokerUnavailable(
+                        f"lost Redis at {self.settings.masked_url()} and could not reconnect "
+                        f"within {self.timeout_s:.1f} s: {exc}"
+                    ) from None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                send = True  # the request may not have been persisted: resend, same rid
+                continue
+            backoff = 0.02
+            if send:
+                self.requests_sent += 1
+                if isinstance(results[0], ResponseError):
+                    raise ArenaEvalError(f"Redis refused the request: {results[0]}")
+                send = False
+            found = self._match(rid, results[-1])
+            if found is not None:
+                return found
+            if time.monotonic() - last_progress >= 1.0:
+                last_progress = time.monotonic()
+                if field == F_SHM and not self._local_alive():
+                    # The local worker died with our ticket: let the whole pool have it.
+                    field, value, stream = F_DATA, Parts(parts, nbytes), self._request_stream
+                    send = True
+
+    def _local_alive(self) -> bool:
+        self._note_workers(live_workers(self._r, self.keys, self.pool))
+        return self._local_worker
+
+    def _match(self, rid: str, response: Any) -> dict[str, Any] | None:
+        if isinstance(response, ResponseError):
+            raise ArenaEvalError(f"Redis error while waiting for the reply: {response}")
+        if not response:
+            return None
+        found: dict[str, Any] | None = None
+        streams = response.items() if isinstance(response, dict) else response  # RESP3 / RESP2
+        for _stream, entries in streams:
+            for entry_id, fields in entries:
+                self._last_reply_id = entry_id
+                data = _field(fields, F_DATA)
+                if data is None:
+                    continue
+                try:
+                    msg = decode_reply(data)
+                except ArenaEvalError:
+                    continue
+                if msg["rid"] != rid or found is not None:
+                    self.duplicates_dropped += 1
+                    continue
+                if msg["kind"] == KIND_ERROR:
+                    raise RemotePolicyError(
+                        f"pool {self.pool!r} worker {msg.get('worker', '?')}: {msg.get('error')}"
+                    )
+                found = msg
+        return found
+
+    # -- connection ------------------------------------------------------------
+    def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            self._conn = self._r.connection_pool.get_connection()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.disconnect()
+            with contextlib.suppress(Exception):
+                self._r.connection_pool.release(self._conn)
+            self._conn = None
+
+    def close(self) -> None:
+        """Release the connection, delete the reply stream and the shm slots."""
+        for slot in self._slots:
+            slot.close()
+        self._slots = []
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._r.connection_pool.release(self._conn)
+            self._conn = None
+        with contextlib.suppress(Exception):
+            self._r.delete(self.reply_key)
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _field(fields: Any, name: bytes) -> bytes | None:
+    if isinstance(fields, dict):
+        value = fields.get(name)
+        return value if isinstance(value, bytes) else None
+    if isinstance(fields, list):
+        for i in range(0, len(fields) - 1, 2):
+            if fields[i] == name:
+                value = fields[i + 1]
+                return value if isinstance(value, bytes) else None
+    return None
+
+
+def _default_compression(r: redis.Redis) -> str:
+    """lz4 pays across a network, not on loopback or a unix socket (see benchmarks)."""
+    kwargs = r.connection_pool.connection_kwargs
+    host = str(kwargs.get("host", ""))
+    if kwargs.get("path") or host in ("127.0.0.1", "localhost", "::1"):
+        return codec.Compression.OFF.value
+    return codec.Compression.AUTO.value
