@@ -56,7 +56,8 @@ class Keys:
 
     def pool_host_requests(self, pool: str, host_id: str) -> str:
         """STREAM of shared-memory tickets for the pool's workers on one host (same group)."""
-        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:requests:{check_name('host', host_id)}"
+        host = check_name("host", host_id)
+        return f"{self.prefix}pool:{{{check_name('pool', pool)}}}:requests:{host}"
 
     def pool_dead(self, pool: str) -> str:
         """STREAM of dead letters: requests that could not be served, with the reason."""

@@ -52,7 +52,7 @@ def live_workers(r: redis.Redis, keys: Keys, pool: str) -> list[WorkerRecord]:
         return []
     raws = r.mget([keys.pool_worker(pool, w) for w in ids])
     out = []
-    for wid, raw in zip(ids, raws):
+    for wid, raw in zip(ids, raws, strict=True):
         if raw is not None:
             try:
                 out.append(WorkerRecord(wid, json.loads(raw)))
@@ -164,7 +164,8 @@ def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
             }
         )
     streams = [keys.pool_requests(pool)] + [
-        keys.pool_host_requests(pool, h) for h in sorted({w.host_id for w in live_workers(r, keys, pool)} - {""})
+        keys.pool_host_requests(pool, h)
+        for h in sorted({w.host_id for w in live_workers(r, keys, pool)} - {""})
     ]
     pending = 0
     queued = 0

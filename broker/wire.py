@@ -66,9 +66,7 @@ def pack(*args: Arg) -> list[Buffer]:
     return out
 
 
-def execute_chain(
-    conn: AbstractConnection, commands: Sequence[Sequence[Arg]]
-) -> list[Any]:
+def execute_chain(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> list[Any]:
     """Send several commands in one write and read all their replies, in order.
 
     Error replies are returned as exception instances, not raised, so that the

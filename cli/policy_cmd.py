@@ -19,7 +19,9 @@ app = typer.Typer(help="Run policy workers (the model pool).", no_args_is_help=T
 def serve_cmd(
     pool: str = typer.Option(..., "--pool", help="Pool name that sims send requests to."),
     policy: str = typer.Option(
-        ..., "--policy", help="Built-in name (zero, random, metaworld-expert, torch) or module:Class."
+        ...,
+        "--policy",
+        help="Built-in name (zero, random, metaworld-expert, torch) or module:Class.",
     ),
     policy_arg: list[str] = typer.Option(
         [], "--policy-arg", help="Policy argument k=v (repeatable), e.g. action_shape=16x36."
@@ -89,7 +91,9 @@ def pools_cmd(
         spec = p["spec"] or {}
         obs = spec.get("observations")
         obs_text = (
-            "any" if obs is None else ", ".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in obs.items())
+            "any"
+            if obs is None
+            else ", ".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in obs.items())
         )
         console.print(
             f"[bold]{p['pool']}[/]  policy={spec.get('name')} v{spec.get('version')}  "

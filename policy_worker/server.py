@@ -511,7 +511,7 @@ def _autoclaim(
         if flat is None:  # Redis 6.2 reports trimmed entries inline as nil
             deleted.append(entry_id)
             continue
-        claimed.append((entry_id, dict(zip(flat[::2], flat[1::2]))))
+        claimed.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=False))))
     return next_id, claimed, deleted
 
 

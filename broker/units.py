@@ -1,0 +1,204 @@
+"""The work-unit queue: shards of episodes on one Redis stream, leased by sim workers.
+
+Why a consumer-group stream and not a list: a unit a worker has read stays in
+the group's pending list (PEL) until it is acknowledged, so a worker killed
+with -9 loses nothing. Its *lease* is the PEL entry's idle time: the holder
+resets it every few hundred ms (``renew``), and any worker may take a unit over
+with XAUTOCLAIM once it has been idle longer than the lease (``claim_stale``).
+
+Two Lua scripts make the owner checks atomic, because a plain
+``XCLAIM ... 0 JUSTID`` would steal a unit back from the worker that legally
+took it over after our lease lapsed (a long GC pause, a stalled VM), and
+both would then run it. Results are write-once per episode anyway, so that
+would waste work, not corrupt results; the check keeps it from happening.
+
+Units are deleted (XDEL) once done or once their job is terminal, so the
+stream only ever holds outstanding work. All jobs share one stream: a sim
+worker needs one blocking read to find work from any job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.pool import ensure_group
+
+F_JOB = "job"
+F_START = "start"
+F_COUNT = "count"
+
+# KEYS[1] units stream; ARGV: group, entry id, consumer. 1 if still ours (lease renewed).
+_RENEW = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+"""
+
+# KEYS[1] units stream; ARGV: group, entry id, consumer, then the unit's fields.
+# Puts a copy at the tail of the stream and retires the original, if still ours.
+_REQUEUE = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Episodes ``[start, start + count)`` of one job; ``entry_id`` is its stream entry."""
+
+    job_id: str
+    start: int
+    count: int
+    entry_id: str = ""
+
+    @property
+    def indices(self) -> range:
+        return range(self.start, self.start + self.count)
+
+    def fields(self) -> dict[str, str]:
+        return {F_JOB: self.job_id, F_START: str(self.start), F_COUNT: str(self.count)}
+
+    @classmethod
+    def from_entry(cls, entry_id: bytes | str, fields: dict[Any, Any]) -> WorkUnit | None:
+        """Parse a stream entry; None if it is not a well-formed unit (garbage is dropped)."""
+        data = {_text(k): _text(v) for k, v in fields.items()}
+        try:
+            unit = cls(data[F_JOB], int(data[F_START]), int(data[F_COUNT]), _text(entry_id))
+        except (KeyError, ValueError):
+            return None
+        return unit if unit.job_id and unit.start >= 0 and unit.count >= 1 else None
+
+
+def split_shards(episodes: int, shard_size: int) -> list[tuple[int, int]]:
+    """``(start, count)`` shards covering ``range(episodes)`` in order, each <= shard_size."""
+    if episodes < 0 or shard_size < 1:
+        raise ValueError(f"need episodes >= 0 and shard_size >= 1, got {episodes}, {shard_size}")
+    return [(s, min(shard_size, episodes - s)) for s in range(0, episodes, shard_size)]
+
+
+def enqueue(pipe: Any, keys: Keys, job_id: str, shards: list[tuple[int, int]]) -> None:
+    """Queue one XADD per shard on ``pipe`` (the caller's MULTI/EXEC pipeline)."""
+    for start, count in shards:
+        pipe.xadd(keys.units(), WorkUnit(job_id, start, count).fields())
+
+
+def ensure_units_group(r: redis.Redis, keys: Keys) -> None:
+    """Create the sim workers' consumer group (idempotent)."""
+    ensure_group(r, keys.units(), SIM_GROUP)
+
+
+def read_new(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> list[WorkUnit | str]:
+    """XREADGROUP one new entry: a unit, or its bare id if the entry is garbage."""
+    resp = r.xreadgroup(SIM_GROUP, consumer, {keys.units(): ">"}, count=1, block=block_ms)
+    out: list[WorkUnit | str] = []
+    for _stream, entries in resp or []:
+        for entry_id, fields in entries:
+            out.append(WorkUnit.from_entry(entry_id, fields or {}) or _text(entry_id))
+    return out
+
+
+def claim_stale(
+    raw: redis.Redis, keys: Keys, consumer: str, min_idle_ms: int, count: int = 1
+) -> tuple[list[WorkUnit | str], list[str]]:
+    """XAUTOCLAIM units whose lease lapsed: (units or garbage ids, ids deleted meanwhile).
+
+    ``raw`` must be a client without redis-py's XAUTOCLAIM reply callback (see
+    ``raw_client``): the reply differs between Redis 6.2 and 7 and we parse it here.
+    """
+    resp = raw.execute_command(
+        "XAUTOCLAIM", keys.units(), SIM_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count
+    )
+    deleted = [_text(e) for e in resp[2]] if len(resp) > 2 else []
+    units: list[WorkUnit | str] = []
+    for entry in resp[1]:
+        if entry is None:
+            continue
+        entry_id, flat = entry
+        if flat is None:  # Redis 6.2 reports deleted entries inline
+            deleted.append(_text(entry_id))
+            continue
+        fields = dict(zip(flat[::2], flat[1::2]))
+        units.append(WorkUnit.from_entry(entry_id, fields) or _text(entry_id))
+    return units, deleted
+
+
+def raw_client(r: redis.Redis) -> redis.Redis:
+    """A client on ``r``'s pool that returns XAUTOCLAIM replies unparsed."""
+    raw = redis.Redis(connection_pool=r.connection_pool)
+    raw.response_callbacks.pop("XAUTOCLAIM", None)
+    return raw
+
+
+def renew(r: redis.Redis, keys: Keys, entry_id: str, consumer: str) -> bool:
+    """Reset the lease on a unit we hold; False if it is no longer ours (taken over, done)."""
+    return bool(r.eval(_RENEW, 1, keys.units(), SIM_GROUP, entry_id, consumer))
+
+
+def requeue(r: redis.Redis, keys: Keys, unit: WorkUnit, consumer: str) -> bool:
+    """Hand a unit we hold back to the queue at once (graceful stop), if it is still ours."""
+    flat = [x for kv in unit.fields().items() for x in kv]
+    return bool(r.eval(_REQUEUE, 1, keys.units(), SIM_GROUP, unit.entry_id, consumer, *flat))
+
+
+def finish(r: redis.Redis, keys: Keys, *entry_ids: str) -> None:
+    """Acknowledge and delete units (done, dropped, or garbage) in one round trip."""
+    if not entry_ids:
+        return
+    pipe = r.pipeline(transaction=False)
+    pipe.xack(keys.units(), SIM_GROUP, *entry_ids)
+    pipe.xdel(keys.units(), *entry_ids)
+    pipe.execute()
+
+
+def iter_units(r: redis.Redis, keys: Keys, page: int = 1000) -> Iterator[WorkUnit]:
+    """Every unit still on the stream (queued or leased), oldest first."""
+    lo = "-"
+    while True:
+        entries = r.xrange(keys.units(), min=lo, max="+", count=page)
+        for entry_id, fields in entries:
+            unit = WorkUnit.from_entry(entry_id, fields or {})
+            if unit is not None:
+                yield unit
+        if len(entries) < page:
+            return
+        lo = "(" + _text(entries[-1][0])
+
+
+def drop_job_units(r: redis.Redis, keys: Keys, job_id: str) -> int:
+    """Delete a terminal job's units still on the stream; returns how many.
+
+    A unit some worker holds is deleted too: that worker sees the job state
+    on its next heartbeat and stops; its XACK then clears the PEL entry.
+    """
+    ids = [u.entry_id for u in iter_units(r, keys) if u.job_id == job_id]
+    for i in range(0, len(ids), 500):
+        r.xdel(keys.units(), *ids[i : i + 500])
+    return len(ids)
+
+
+def leave_group(r: redis.Redis, keys: Keys, consumer: str) -> None:
+    """Remove our consumer from the group if it holds nothing (clean exit; bounds XINFO)."""
+    try:
+        pending = r.xpending_range(
+            keys.units(), SIM_GROUP, min="-", max="+", count=1, consumername=consumer
+        )
+        if not pending:
+            r.xgroup_delconsumer(keys.units(), SIM_GROUP, consumer)
+    except redis.ResponseError:
+        pass
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

