@@ -66,6 +66,27 @@ def pack(*args: Arg) -> list[Buffer]:
     return out
 
 
+def coalesce(commands: Sequence[Sequence[Arg]]) -> list[Buffer]:
+    """Pack commands into as few buffers as possible: small pieces are joined,
+    large ones (observation memory) stay separate, so a chain of small commands
+    leaves in one ``sendall`` (one TCP segment) and Redis reads it whole."""
+    out: list[Buffer] = []
+    pending = bytearray()
+    for command in commands:
+        for chunk in pack(*command):
+            size = memoryview(chunk).nbytes
+            if size > _SMALL:
+                if pending:
+                    out.append(bytes(pending))
+                    pending = bytearray()
+                out.append(chunk)
+            else:
+                pending += chunk
+    if pending:
+        out.append(bytes(pending))
+    return out
+
+
 def execute_chain(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> list[Any]:
     """Send several commands in one write and read all their replies, in order.
 
@@ -73,10 +94,7 @@ def execute_chain(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -
     socket is always drained; socket errors propagate and the caller must
     disconnect the connection.
     """
-    chunks: list[Buffer] = []
-    for command in commands:
-        chunks.extend(pack(*command))
-    conn.send_packed_command(chunks, check_health=False)
+    conn.send_packed_command(coalesce(commands), check_health=False)
     replies: list[Any] = []
     for _ in commands:
         try:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import redis
+from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -55,6 +56,7 @@ from arena_eval.broker.protocol import (
 )
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
+from arena_eval.broker.wire import Arg, execute_chain
 from arena_eval.policy_worker.policy import Policy
 
 log = logging.getLogger("arena_eval.policy_worker")
@@ -160,6 +162,9 @@ class PolicyWorker:
         self._stop = threading.Event()
         self._next_claim = 0.0
         self._recent_clients: dict[str, float] = {}
+        self._expire_set: dict[str, float] = {}
+        self._conn: AbstractConnection | None = None
+        self._prefetched: list[Pending] | None = None
         self._hb_thread: threading.Thread | None = None
         self._registered = False
 
@@ -199,16 +204,25 @@ class PolicyWorker:
                     break
         finally:
             self._stop.set()
+            leftover, self._prefetched = self._prefetched, None
+            if leftover:  # read just before the stop: answer them rather than strand them
+                with contextlib.suppress(Exception):
+                    self._handle(leftover)
             self.deregister()
+            self._drop_connection()
             self.policy.close()
         return self.stats
 
     def serve_once(self) -> int:
         """Read and answer at most one batch; return the number of requests handled."""
         try:
-            items = self._reclaim_due() + self._gather()
+            first, self._prefetched = self._prefetched, None
+            items = self._reclaim_due() + self._gather(first)
+            if items:
+                self._prefetched = self._handle(items)
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
             log.warning("lost Redis (%s); reconnecting", exc)
+            self._drop_connection()
             time.sleep(0.2)
             return 0
         except ResponseError as exc:
@@ -218,29 +232,47 @@ class PolicyWorker:
                 pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
                 return 0
             raise
-        if items:
-            self._handle(items)
         return len(items)
 
+    def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            self._conn = self._r.connection_pool.get_connection()
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.disconnect()
+            with contextlib.suppress(Exception):
+                self._r.connection_pool.release(self._conn)
+            self._conn = None
+
     # -- reading -------------------------------------------------------------
+    def _read_command(self, count: int, block_ms: int | None) -> list[Arg]:
+        cmd: list[Arg] = ["XREADGROUP", "GROUP", POLICY_GROUP, self.worker_id, "COUNT", count]
+        if block_ms is not None:
+            cmd += ["BLOCK", block_ms]
+        return [*cmd, "STREAMS", *self.streams, *([">"] * len(self.streams))]
+
     def _read(self, count: int, block_ms: int | None) -> list[Pending]:
-        resp = self._r.xreadgroup(
-            POLICY_GROUP,
-            self.worker_id,
-            dict.fromkeys(self.streams, ">"),
-            count=count,
-            block=block_ms,
-        )
+        (resp,) = execute_chain(self._connection(), [self._read_command(count, block_ms)])
+        return self._parse_read(resp)
+
+    def _parse_read(self, resp: Any) -> list[Pending]:
+        if isinstance(resp, ResponseError):
+            raise resp
         now = time.time()
         out = []
-        for stream, entries in resp or []:
-            name = stream.decode() if isinstance(stream, bytes) else stream
-            for entry_id, fields in entries:
-                out.append(self._decode(Pending(name, entry_id, fields or {}, now)))
+        streams = resp.items() if isinstance(resp, dict) else (resp or [])  # RESP3 / RESP2
+        for stream, entries in streams:
+            name = stream.decode() if isinstance(stream, bytes) else str(stream)
+            for entry_id, flat in entries:
+                fields = dict(zip(flat[::2], flat[1::2], strict=False)) if flat else {}
+                out.append(self._decode(Pending(name, entry_id, fields, now)))
         return out
 
-    def _gather(self) -> list[Pending]:
-        items = self._read(self.max_batch, self.block_ms)
+    def _gather(self, first: list[Pending] | None = None) -> list[Pending]:
+        items = first if first else self._read(self.max_batch, self.block_ms)
         if not items:
             return items
         rows = sum(_rows(p) for p in items)
@@ -351,7 +383,7 @@ class PolicyWorker:
         return out
 
     # -- serving ---------------------------------------------------------------
-    def _handle(self, items: list[Pending]) -> None:
+    def _handle(self, items: list[Pending]) -> list[Pending] | None:
         now = time.time()
         good: list[Pending] = []
         done: list[Pending] = []
@@ -366,7 +398,7 @@ class PolicyWorker:
         replies: list[tuple[Pending, dict[str, Any]]] = []
         if good:
             replies.extend(self._infer_batch(good))
-        self._finish(replies, done + good)
+        return self._finish(replies, done + good)
 
     def _infer_batch(self, batch: list[Pending]) -> list[tuple[Pending, dict[str, Any]]]:
         try:
@@ -433,35 +465,64 @@ class PolicyWorker:
             actions = actions.astype(self.spec.action_dtype)
         return actions, infer_s
 
-    def _finish(self, replies: list[tuple[Pending, dict[str, Any]]], items: list[Pending]) -> None:
-        """Send replies, dead letters, XACK and XDEL in one pipelined round trip."""
-        pipe = self._r.pipeline(transaction=False)
+    def _finish(
+        self, replies: list[tuple[Pending, dict[str, Any]]], items: list[Pending]
+    ) -> list[Pending] | None:
+        """Replies, dead letters, XACK and XDEL -- and the next blocking read -- in one write.
+
+        Chaining the next XREADGROUP onto the acknowledgements saves a round
+        trip per batch; its entries are returned and served next.
+        """
+        commands: list[list[Arg]] = []
         for p, msg in replies:
-            _send_reply(pipe, p.reply, msg)
+            self._reply_commands(commands, p.reply, msg)
         for p in items:
             if p.error is None:
                 continue
             self.stats.errors += 1
             self.stats.dead_letters += 1
-            dead: dict[Any, Any] = {
-                "reason": p.error,
-                "worker": self.worker_id,
-                "stream": p.stream,
-                "entry_id": p.entry_id,
-                "at": f"{time.time():.3f}",
-            }
+            dead: list[Arg] = [
+                "XADD", self.dead_stream, "MAXLEN", "~", DEAD_STREAM_MAXLEN, "*",
+                "reason", p.error, "worker", self.worker_id, "stream", p.stream,
+                "entry_id", p.entry_id, "at", f"{time.time():.3f}",
+            ]  # fmt: skip
             for k, v in p.fields.items():
-                dead[b"orig:" + (k if isinstance(k, bytes) else str(k).encode())] = v
-            pipe.xadd(self.dead_stream, dead, maxlen=DEAD_STREAM_MAXLEN, approximate=True)
+                dead += [b"orig:" + (k if isinstance(k, bytes) else str(k).encode()), v]
+            commands.append(dead)
             if p.reply and p.rid:
-                _send_reply(pipe, p.reply, error_reply(p.rid, p.error, self.worker_id))
+                self._reply_commands(commands, p.reply, error_reply(p.rid, p.error, self.worker_id))
         by_stream: dict[str, list[bytes]] = {}
         for p in items:
             by_stream.setdefault(p.stream, []).append(p.entry_id)
         for stream, ids in by_stream.items():
-            pipe.xack(stream, POLICY_GROUP, *ids)
-            pipe.xdel(stream, *ids)
-        pipe.execute(raise_on_error=False)
+            commands.append(["XACK", stream, POLICY_GROUP, *ids])
+            commands.append(["XDEL", stream, *ids])
+        read_next = not self._stop.is_set()
+        if read_next:
+            commands.append(self._read_command(self.max_batch, self.block_ms))
+        results = execute_chain(self._connection(), commands)
+        for result in results[:-1] if read_next else results:
+            if isinstance(result, ResponseError):
+                log.warning("reply/ack command failed: %s", result)
+        return self._parse_read(results[-1]) if read_next else None
+
+    def _reply_commands(
+        self, commands: list[list[Arg]], reply_key: str, msg: dict[str, Any]
+    ) -> None:
+        if not reply_key:
+            return
+        commands.append(
+            ["XADD", reply_key, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*",
+             F_DATA, codec.dumps(msg, compression="off")]
+        )  # fmt: skip
+        now = time.monotonic()
+        if now - self._expire_set.get(reply_key, -1e9) > REPLY_STREAM_TTL_S / 10:
+            commands.append(
+                ["EXPIRE", reply_key, REPLY_STREAM_TTL_S]
+            )  # crashed clients' streams go away
+            self._expire_set[reply_key] = now
+            if len(self._expire_set) > 10_000:
+                self._expire_set.clear()
 
     # -- heartbeat -------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -485,14 +546,6 @@ class PolicyWorker:
                 self._heartbeat()
             except Exception as exc:  # Redis away: the main loop reconnects; keep trying
                 log.debug("heartbeat failed: %s", exc)
-
-
-def _send_reply(pipe: Any, reply_key: str, msg: dict[str, Any]) -> None:
-    if not reply_key:
-        return
-    pipe.xadd(reply_key, {F_DATA: codec.dumps(msg, compression="off")},
-              maxlen=REPLY_STREAM_MAXLEN, approximate=True)  # fmt: skip
-    pipe.expire(reply_key, REPLY_STREAM_TTL_S)
 
 
 def _autoclaim(
