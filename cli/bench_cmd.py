@@ -1,0 +1,81 @@
+"""``arena-eval bench``: run the benchmarks in ``benchmarks/`` and print their ratios."""
+
+from __future__ import annotations
+
+import typer
+
+from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
+
+app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.")
+
+
+@app.command("latency")
+def latency_cmd(
+    payload: str = typer.Option("all", "--payload", help="proprio | cam224 | gr1 | all"),
+    requests: int = typer.Option(100, "--requests", help="Timed requests per path."),
+    transport: str = typer.Option(
+        "auto", "--transport", help="auto (shm for large payloads on one host) | redis | shm"
+    ),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Round-trip p50/p99 of the fabric vs direct ZeroMQ REQ/REP (zero policy)."""
+    from arena_eval.bench.latency import format_table, run_latency
+    from arena_eval.bench.payloads import PAYLOADS
+
+    if payload != "all" and payload not in PAYLOADS:
+        raise typer.BadParameter(
+            f"choose one of {', '.join(PAYLOADS)} or all", param_hint="--payload"
+        )
+    kinds = list(PAYLOADS) if payload == "all" else [payload]
+    settings = settings_for(redis_url)
+    results = []
+    with console.status("measuring...", spinner="dots") if not json_out else _null():
+        for kind in kinds:
+            results.append(
+                run_latency(kind, requests=requests, settings=settings, transport=transport)
+            )
+    if json_out:
+        print_json(results[0] if len(results) == 1 else results)
+    else:
+        console.print(format_table(results), highlight=False)
+        console.print(
+            "ratio = fabric p50 / baseline p50 (seed protocol: msgpack + np.save; raw: zero-copy)",
+            style="dim",
+        )
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@app.command("throughput")
+def throughput_cmd(
+    clients: int = typer.Option(8, "--clients", help="Concurrent sims sharing one model."),
+    rows: int = typer.Option(4, "--rows", help="Rows (envs) per request."),
+    latency_ms: float = typer.Option(10.0, "--latency-ms", help="Fixed forward-pass time."),
+    seconds: float = typer.Option(5.0, "--seconds", help="Measurement time per path."),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Requests/s of K sims sharing one batched pool vs the seed's one-at-a-time server."""
+    from arena_eval.bench.throughput import run_throughput
+
+    with console.status("measuring...", spinner="dots") if not json_out else _null():
+        result = run_throughput(
+            clients=clients, rows=rows, latency_ms=latency_ms, seconds=seconds,
+            settings=settings_for(redis_url),
+        )  # fmt: skip
+    if json_out:
+        print_json(result)
+        return
+    console.print(
+        f"{clients} sims x {rows} rows, {latency_ms:g} ms forward pass: fabric "
+        f"{result['fabric_requests_per_s']:.0f} req/s vs seed {result['seed_requests_per_s']:.0f} "
+        f"req/s = [bold]{result['ratio']:.2f}x[/]",
+        highlight=False,
+    )

@@ -1,0 +1,130 @@
+"""Meta-World tasks (``metaworld/<task>``) as a :class:`VectorEnv`, and their scripted experts.
+
+Evaluation semantics are the standard Meta-World ones: an episode *terminates* the first step
+``info["success"] > 0`` and is *truncated* at ``max_steps`` (default: the task's
+``max_path_length``, 500). Per-episode determinism (the outcome depends only on the reset seed,
+whatever the slot ran before) comes from :class:`~.metaworld_task.MetaWorldTask`; read its
+docstring for what metaworld's source does and why ``Meta-World/MT1`` is not used.
+
+Rendering needs an OpenGL backend chosen *before* mujoco is imported: this module sets
+``MUJOCO_GL`` to ``egl`` on machines with an NVIDIA device and ``osmesa`` otherwise, only if the
+variable is unset (set it yourself to override; it has no effect once mujoco is imported).
+``osmesa`` needs the system library ``libosmesa6``.
+
+metaworld/gymnasium are imported lazily, inside the functions, so that this module (and the
+package) import on nodes without them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+
+from arena_eval.sim_worker.envs.errors import require, unknown_task
+from arena_eval.sim_worker.envs.gym_env import GymVectorEnv
+
+PREFIX = "metaworld/"
+
+
+def default_mujoco_gl() -> str:
+    """``egl`` where an NVIDIA GPU is visible (headless GPU rendering), else ``osmesa`` (CPU)."""
+    return "egl" if glob.glob("/dev/nvidia[0-9]*") else "osmesa"
+
+
+os.environ.setdefault("MUJOCO_GL", default_mujoco_gl())
+
+
+class ExpertPolicy(Protocol):
+    """What :func:`expert_policy_for` returns: one observation row in, one action row out."""
+
+    def get_action(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+def task_name(task: str) -> str:
+    """``'metaworld/door-open-v3'`` or ``'door-open-v3'`` -> ``'door-open-v3'``."""
+    return task[len(PREFIX) :] if task.startswith(PREFIX) else task
+
+
+def known_tasks() -> list[str]:
+    """Every Meta-World v3 task name this install provides."""
+    require("metaworld", purpose="Meta-World tasks")
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    return list(ALL_V3_ENVIRONMENTS)
+
+
+def _check_task(task: str) -> str:
+    name = task_name(task)
+    tasks = known_tasks()
+    if name not in tasks:
+        raise unknown_task(
+            f"{PREFIX}{name}", f"Meta-World has no task {name!r}; known: {', '.join(tasks)}"
+        )
+    return name
+
+
+def make_metaworld_task(
+    task: str,
+    *,
+    camera: str | None = None,
+    image_size: int = 224,
+    max_path_length: int | None = None,
+) -> Any:
+    """One bare :class:`~.metaworld_task.MetaWorldTask` (module-level so async can pickle it)."""
+    require("gymnasium", purpose="Meta-World tasks")
+    require("metaworld", purpose="Meta-World tasks")
+    from arena_eval.sim_worker.envs.metaworld_task import MetaWorldTask
+
+    return MetaWorldTask(
+        task, camera=camera, image_size=image_size, max_path_length=max_path_length
+    )
+
+
+def make_metaworld_env(
+    task: str,
+    num_envs: int,
+    *,
+    seed: int = 0,
+    max_steps: int | None = None,
+    camera: str | None = None,
+    image_size: int = 224,
+    vectorization: str = "sync",
+) -> GymVectorEnv:
+    """``num_envs`` slots of one Meta-World task, success-terminated and seeded per reset."""
+    name = _check_task(task)
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+    horizon = max_steps if max_steps is not None else int(ALL_V3_ENVIRONMENTS[name].max_path_length)
+    fn = partial(
+        make_metaworld_task, name, camera=camera, image_size=image_size, max_path_length=horizon
+    )
+    return GymVectorEnv(
+        [fn] * num_envs,
+        vectorization=vectorization,
+        seed=seed,
+        max_steps=horizon,
+        terminate_on_success=True,
+    )
+
+
+def expert_policy_for(task: str) -> ExpertPolicy:
+    """The scripted Meta-World expert for ``task`` (``'door-open-v3'`` or ``'metaworld/...'``).
+
+    Uses ``metaworld.policies.ENV_POLICY_MAP``; falls back to the class naming convention
+    (``door-open-v3`` -> ``SawyerDoorOpenV3Policy``) for tasks missing from the map.
+    """
+    name = _check_task(task)
+    policies = require("metaworld.policies", purpose="Meta-World expert policies")
+    table: dict[str, Any] = getattr(policies, "ENV_POLICY_MAP", {})
+    cls = table.get(name)
+    if cls is None:
+        words = name.split("-")
+        cls = getattr(policies, "Sawyer" + "".join(w.capitalize() for w in words) + "Policy", None)
+    if cls is None:
+        raise unknown_task(f"{PREFIX}{name}", "Meta-World ships no scripted policy for it")
+    policy: ExpertPolicy = cls()
+    return policy
