@@ -1,0 +1,207 @@
+"""A whole fabric on one machine: Redis, policy workers and sim workers as child processes.
+
+``arena-eval up`` and ``arena-eval demo`` use this. Workers run as separate
+processes, exactly as they would on separate machines, talking only through
+Redis; the stack just starts them, restarts any that crash, and stops them
+all (and the embedded Redis, if it started it) on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from arena_eval.broker.connection import connect
+from arena_eval.broker.errors import ArenaEvalError
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.pool import live_workers
+from arena_eval.broker.settings import RedisSettings
+
+_RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+
+
+class StackError(ArenaEvalError):
+    """A process of the local stack failed to start."""
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_restart: float = 0.0
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalStack:
+    """Start, supervise and stop a local fabric."""
+
+    settings: RedisSettings
+    pool: str | None = None
+    policy: str | None = None
+    policy_args: Sequence[str] = ()
+    policy_workers: int = 1
+    sim_workers: int = 2
+    num_envs: int | None = None
+    max_wait_ms: float = 5.0
+    log_dir: Path | None = None
+    children: list[Child] = field(default_factory=list)
+    started_redis: bool = False
+    url: str = ""
+
+    # -- start -------------------------------------------------------------------
+    def start(self) -> None:
+        self.url = self._start_redis()
+        logs = self.log_dir or _default_log_dir(self.settings)
+        logs.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if self.pool and self.policy:
+            for i in range(self.policy_workers):
+                args = ["policy", "serve", "--pool", self.pool, "--policy", self.policy,
+                        "--max-wait-ms", str(self.max_wait_ms)]  # fmt: skip
+                for item in self.policy_args:
+                    args += ["--policy-arg", item]
+                self._spawn(f"policy-{i}", args, logs / f"{stamp}-policy-{i}.log")
+        for i in range(self.sim_workers):
+            args = ["sim", "serve"]
+            if self.num_envs:
+                args += ["--num-envs", str(self.num_envs)]
+            self._spawn(f"sim-{i}", args, logs / f"{stamp}-sim-{i}.log")
+
+    def _start_redis(self) -> str:
+        if self.settings.url is not None:
+            return self.settings.url
+        from arena_eval.broker.embedded import EmbeddedRedis
+
+        server = EmbeddedRedis(self.settings.home)
+        if server.status() is None:
+            server.start()
+            self.started_redis = True
+        return server.url
+
+    def _spawn(self, name: str, args: list[str], log: Path) -> None:
+        child = Child(name, args, log)
+        self.children.append(child)
+        self._launch(child)
+
+    def _launch(self, child: Child) -> None:
+        env = dict(os.environ)
+        env["ARENA_REDIS_URL"] = self.url
+        env["ARENA_PREFIX"] = self.settings.prefix
+        env["PYTHONUNBUFFERED"] = "1"
+        with open(child.log, "ab") as out:
+            child.proc = subprocess.Popen(
+                [sys.executable, "-m", "arena_eval.cli", *child.args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+            )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until the pool's workers and the sim workers have registered."""
+        from arena_eval.broker.fleet import live_sim_workers
+
+        r = connect(self.settings.with_url(self.url))
+        keys = Keys(self.settings.prefix)
+        deadline = time.monotonic() + timeout_s
+        mine = {c.proc.pid for c in self.children if c.proc is not None}
+        while True:
+            for child in self.children:
+                if not child.alive():
+                    raise StackError(
+                        f"{child.name} exited with {child.proc.returncode if child.proc else '?'} "
+                        f"while starting; its log ({child.log}):\n{child.tail()}"
+                    )
+            policy_ok = not (self.pool and self.policy) or sum(
+                1 for w in live_workers(r, keys, self.pool) if w.data.get("pid") in mine
+            ) >= self.policy_workers
+            sims = sum(1 for w in live_sim_workers(r, keys) if w.data.get("pid") in mine)
+            if policy_ok and sims >= self.sim_workers:
+                r.close()
+                return
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"workers did not register within {timeout_s:.0f} s; logs in {self.log_dir}"
+                )
+            time.sleep(0.2)
+
+    # -- supervise -----------------------------------------------------------------
+    def supervise_once(self, on_event: Callable[[str], None] = lambda _m: None) -> None:
+        """Restart children that died, with backoff."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.alive():
+                continue
+            if child.next_restart == 0.0:
+                delay = _RESTART_BACKOFF_S[min(child.restarts, len(_RESTART_BACKOFF_S) - 1)]
+                child.next_restart = now + delay
+                code = child.proc.returncode if child.proc else "?"
+                on_event(f"{child.name} exited ({code}); restarting in {delay:.0f} s")
+            elif now >= child.next_restart:
+                child.restarts += 1
+                child.next_restart = 0.0
+                self._launch(child)
+                on_event(f"{child.name} restarted")
+
+    # -- stop ----------------------------------------------------------------------
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every child (sims first, so they stop asking), wait, then kill."""
+        order = [c for c in self.children if c.name.startswith("sim")] + [
+            c for c in self.children if not c.name.startswith("sim")
+        ]
+        for group in (order[: self.sim_workers], order[self.sim_workers :]):
+            for child in group:
+                if child.alive() and child.proc is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + timeout_s
+            for child in group:
+                if child.proc is None:
+                    continue
+                try:
+                    child.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.proc.kill()
+                    child.proc.wait(5)
+        if self.started_redis:
+            from arena_eval.broker.embedded import EmbeddedRedis
+
+            EmbeddedRedis(self.settings.home).stop()
+            self.started_redis = False
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _default_log_dir(settings: RedisSettings) -> Path:
+    if settings.home is not None:
+        return settings.home / "logs"
+    home = os.environ.get("ARENA_HOME")
+    if home:
+        return Path(home) / "logs"
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("arena-eval")) / "logs"

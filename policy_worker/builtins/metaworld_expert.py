@@ -1,0 +1,158 @@
+"""Meta-World's scripted experts behind the ``Policy`` interface (``metaworld-expert``).
+
+Why: a policy that really *succeeds* is the only end-to-end check that the
+sim -> broker -> pool -> sim loop delivers each action to the right episode at
+the right step; zeros or noise would "work" with rows scrambled. The experts
+are closed-loop controllers (they look at the current state every step), so
+the natural chunk length is 1; ``chunk`` repeats the action to test chunked
+action paths.
+
+The expert class is looked up by task name in ``metaworld.policies`` itself
+(its ``ENV_POLICY_MAP``, then the ``Sawyer<CamelTask>V<n>Policy`` naming
+convention), never through ``sim_worker``: the two worker packages do not
+import each other. Meta-World is imported only when this policy is built.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.spec import FieldSpec, PolicySpec, SpecMismatch
+from arena_eval.policy_worker.builtins.args import parse_int
+from arena_eval.policy_worker.policy import Policy, batch_rows
+
+__all__ = ["OBS_DIM", "OBS_KEY", "MetaWorldExpertPolicy", "expert_policy_class", "normalize_task"]
+
+OBS_KEY = "state"
+OBS_DIM = 39
+ACTION_DIM = 4
+_INSTALL_HINT = "pip install 'arena-eval[sim]'"
+_PREFIX = re.compile(r"^(meta-?world)[/:]", re.IGNORECASE)
+
+
+class _Expert(Protocol):
+    def get_action(self, obs: np.ndarray) -> Any: ...
+
+
+def normalize_task(task: str) -> str:
+    """``'metaworld/door-open-v3'`` or ``'Meta-World/door-open-v3'`` -> ``'door-open-v3'``."""
+    return _PREFIX.sub("", task.strip())
+
+
+def _import_policies() -> Any:
+    try:
+        return importlib.import_module("metaworld.policies")
+    except ImportError as exc:
+        raise ConfigError(
+            f"the 'metaworld-expert' policy needs Meta-World, which could not be imported "
+            f"({exc}); install it with: {_INSTALL_HINT}"
+        ) from exc
+
+
+def _class_name(task: str) -> str | None:
+    match = re.fullmatch(r"([a-z0-9-]+)-v(\d+)", task)
+    if match is None:
+        return None
+    camel = "".join(part.capitalize() for part in match.group(1).split("-") if part)
+    return f"Sawyer{camel}V{match.group(2)}Policy"
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def expert_policy_class(task: str) -> type[Any]:
+    """The scripted expert class for a Meta-World task name, e.g. ``'door-open-v3'``.
+
+    Looks in ``metaworld.policies.ENV_POLICY_MAP`` first (it knows irregular
+    names such as ``peg-insert-side-v3`` -> ``SawyerPegInsertionSideV3Policy``),
+    then derives ``Sawyer<CamelCase>V<n>Policy`` from the name, then compares
+    names with separators removed. Raises ``ConfigError`` listing known tasks.
+    """
+    policies = _import_policies()
+    name = normalize_task(task)
+    known = getattr(policies, "ENV_POLICY_MAP", None)
+    if isinstance(known, Mapping) and name in known:
+        return known[name]  # type: ignore[no-any-return]
+    candidates = {
+        attr: obj
+        for attr in dir(policies)
+        if attr.startswith("Sawyer") and attr.endswith("Policy")
+        for obj in (getattr(policies, attr),)
+        if isinstance(obj, type)
+    }
+    derived = _class_name(name.lower())
+    if derived is not None and derived in candidates:
+        return candidates[derived]
+    wanted = _squash(f"sawyer{name}policy")
+    for attr, obj in candidates.items():
+        if _squash(attr) == wanted:
+            return obj
+    tasks = sorted(known) if isinstance(known, Mapping) else sorted(candidates)
+    raise ConfigError(
+        f"task: no Meta-World scripted expert for {task!r}; expected a task name such as "
+        f"'door-open-v3' (known: {', '.join(tasks)})"
+    )
+
+
+class MetaWorldExpertPolicy(Policy):
+    """Meta-World scripted expert for one task; deterministic, stateless.
+
+    Arguments: ``task`` (e.g. ``'door-open-v3'`` or ``'metaworld/door-open-v3'``),
+    ``chunk`` (default 1: repeat the action H times). Spec: observations
+    ``{"state": float64 (39,)}``, action shape ``(chunk, 4)``, float32.
+
+    ``infer`` loops over rows (the experts are per-observation Python code)
+    and hands each one a private float64 copy: the experts write into slices
+    of their input, and batch arrays may be read-only views of a wire buffer.
+    """
+
+    def __init__(self, task: str, chunk: str | int = 1) -> None:
+        self._task = normalize_task(task)
+        cls = expert_policy_class(self._task)
+        self._expert: _Expert = cls()
+        self._chunk = parse_int(chunk, "chunk", minimum=1)
+        self._spec = PolicySpec(
+            name=f"metaworld-expert/{self._task}",
+            action_shape=(self._chunk, ACTION_DIM),
+            observations={OBS_KEY: FieldSpec("float64", (OBS_DIM,))},
+            action_dtype="float32",
+            extra={"expert": cls.__name__},
+        )
+        # The experts' move() warns whenever a gain saturates ("Constant(s) may be
+        # too high"), i.e. on most steps; the env clips actions to [-1, 1] anyway.
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Constant\(s\) may be too high",
+            category=UserWarning,
+            module=r"metaworld\.policies",
+        )
+
+    @property
+    def task(self) -> str:
+        return self._task
+
+    def spec(self) -> PolicySpec:
+        return self._spec
+
+    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        rows = batch_rows(batch)
+        try:
+            states = batch[OBS_KEY]
+        except KeyError:
+            raise SpecMismatch(
+                f"metaworld-expert needs observation {OBS_KEY!r} (float64[{OBS_DIM}]); "
+                f"got keys {sorted(batch)}"
+            ) from None
+        out = np.empty((rows, self._chunk, ACTION_DIM), dtype=np.float32)
+        for i in range(rows):
+            row = np.array(states[i], dtype=np.float64, copy=True)
+            out[i, :, :] = np.asarray(self._expert.get_action(row), dtype=np.float32)
+        return out
