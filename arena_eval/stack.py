@@ -131,9 +131,11 @@ class LocalStack:
                         f"{child.name} exited with {child.proc.returncode if child.proc else '?'} "
                         f"while starting; its log ({child.log}):\n{child.tail()}"
                     )
-            policy_ok = not (self.pool and self.policy) or sum(
-                1 for w in live_workers(r, keys, self.pool) if w.data.get("pid") in mine
-            ) >= self.policy_workers
+            policy_ok = (
+                not (self.pool and self.policy)
+                or sum(1 for w in live_workers(r, keys, self.pool) if w.data.get("pid") in mine)
+                >= self.policy_workers
+            )
             sims = sum(1 for w in live_sim_workers(r, keys) if w.data.get("pid") in mine)
             if policy_ok and sims >= self.sim_workers:
                 r.close()

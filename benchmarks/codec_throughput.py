@@ -25,6 +25,7 @@ The target is encode+decode without compression within 3x of the copy.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -97,13 +98,17 @@ def copy_rows(payload: dict[str, Any], repeats: int) -> dict[str, dict[str, floa
     }
 
 
+def _round_trip(payload: dict[str, Any], mode: str) -> Any:
+    return loads(dumps(payload, compression=mode))
+
+
 def codec_rows(payload: dict[str, Any], label: str, repeats: int) -> dict[str, dict[str, float]]:
     rows: dict[str, dict[str, float]] = {}
     for mode in ("off", "auto"):
         msg = dumps(payload, compression=mode)
-        encode = median_seconds(lambda m=mode: dumps(payload, compression=m), repeats)
-        decode = median_seconds(lambda m=msg: loads(m), repeats)
-        both = median_seconds(lambda m=mode: loads(dumps(payload, compression=m)), repeats)
+        encode = median_seconds(functools.partial(dumps, payload, compression=mode), repeats)
+        decode = median_seconds(functools.partial(loads, msg), repeats)
+        both = median_seconds(functools.partial(_round_trip, payload, mode), repeats)
         rows[f"dumps+loads {mode:4s} ({label})"] = {
             "encode": encode,
             "decode": decode,

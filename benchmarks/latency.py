@@ -65,15 +65,16 @@ class _ZmqClient:
 
         from arena_eval.bench.zmq_baseline import pack, unpack
 
-        self._pack = lambda obj: pack(obj, encoding)
-        self._unpack = lambda data: unpack(data, encoding)
+        self._encoding = encoding
+        self._pack: Callable[[Any, str], bytes] = pack
+        self._unpack: Callable[[Any, str], Any] = unpack
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.REQ)
         self.sock.connect(f"tcp://127.0.0.1:{port}")
 
     def infer(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        self.sock.send(self._pack({b"obs": obs}), copy=False)
-        reply = self._unpack(self.sock.recv(copy=False).buffer)
+        self.sock.send(self._pack({b"obs": obs}, self._encoding), copy=False)
+        reply = self._unpack(self.sock.recv(copy=False).buffer, self._encoding)
         return reply[b"actions"]  # type: ignore[no-any-return]
 
     def close(self) -> None:

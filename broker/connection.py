@@ -91,15 +91,16 @@ def connect(
         kwargs["connection_class"] = TcpConnection
         kwargs["socket_keepalive"] = True
     budget = settings.retry_budget_s if retry_budget_s is None else retry_budget_s
-    pool = redis.ConnectionPool(
-        socket_connect_timeout=settings.connect_timeout_s,
-        socket_timeout=socket_timeout_s,
-        socket_read_size=SOCKET_READ_SIZE,
-        retry=retry_policy(budget),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        health_check_interval=0,
+    options: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout_s,
+        "socket_timeout": socket_timeout_s,
+        "socket_read_size": SOCKET_READ_SIZE,
+        "retry": retry_policy(budget),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        "health_check_interval": 0,
         **kwargs,
-    )
+    }
+    pool = redis.ConnectionPool(**options)
     return redis.Redis(connection_pool=pool)
 
 

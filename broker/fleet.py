@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from arena_eval.broker.keys import Keys
+from arena_eval.broker.units import text
 
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TTL_S = 5.0
@@ -52,13 +53,13 @@ def deregister(r: redis.Redis, keys: Keys, worker_id: str) -> None:
 
 def live_sim_workers(r: redis.Redis, keys: Keys) -> list[SimWorkerRecord]:
     """Workers whose heartbeat key exists; ids whose key expired are pruned from the set."""
-    ids = sorted(m.decode() for m in r.smembers(keys.sim_workers()))
+    ids = sorted(text(m) for m in r.smembers(keys.sim_workers()))
     if not ids:
         return []
     raws = r.mget([keys.sim_worker(w) for w in ids])
     out = []
     dead = []
-    for wid, raw in zip(ids, raws):
+    for wid, raw in zip(ids, raws, strict=True):
         if raw is None:
             dead.append(wid)
             continue

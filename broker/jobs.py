@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
@@ -29,7 +30,13 @@ import redis
 
 from arena_eval.broker.errors import ArenaEvalError, ConfigError
 from arena_eval.broker.keys import Keys, check_name
-from arena_eval.broker.units import drop_job_units, enqueue, ensure_units_group, split_shards
+from arena_eval.broker.units import (
+    drop_job_units,
+    enqueue,
+    ensure_units_group,
+    split_shards,
+    text,
+)
 
 #: Episodes per work unit when the job spec does not say: twice the env slots
 #: (so slots stay busy) but small enough that a crash re-runs little.
@@ -164,8 +171,8 @@ class Job:
         }
 
     @classmethod
-    def from_hash(cls, job_id: str, data: dict[bytes, bytes]) -> Job:
-        d = {k.decode(): v.decode() for k, v in data.items()}
+    def from_hash(cls, job_id: str, data: Mapping[Any, Any]) -> Job:
+        d = {text(k): text(v) for k, v in data.items()}
         try:
             state = JobState(d.get("state", ""))
         except ValueError:
@@ -224,22 +231,22 @@ def latest_job_id(r: redis.Redis, keys: Keys) -> str:
         raise JobNotFound(
             "no jobs yet; submit one with `arena-eval submit --task TASK --pool POOL --episodes N`"
         )
-    return str(ids[0].decode())
+    return text(ids[0])
 
 
-def list_jobs(r: redis.Redis, keys: Keys, limit: int = 50) -> list[tuple[Job, dict[str, str]]]:
-    """Newest first: each job with its stats counters (episodes, successes, ...)."""
-    ids = [i.decode() for i in r.zrevrange(keys.jobs(), 0, max(0, limit - 1))]
+def list_jobs(r: redis.Redis, keys: Keys, limit: int = 50) -> list[tuple[Job, int, int]]:
+    """Newest first: (job, episodes done, successes), in one round trip."""
+    ids = [text(i) for i in r.zrevrange(keys.jobs(), 0, max(0, limit - 1))]
     pipe = r.pipeline(transaction=False)
     for job_id in ids:
         pipe.hgetall(keys.job(job_id))
-        pipe.hgetall(keys.job_stats(job_id))
+        pipe.hmget(keys.job_stats(job_id), "episodes", "successes")
     replies = pipe.execute()
     out = []
     for n, job_id in enumerate(ids):
-        data, stats = replies[2 * n], replies[2 * n + 1]
+        data, (done, successes) = replies[2 * n], replies[2 * n + 1]
         if data:
-            out.append((Job.from_hash(job_id, data), {k.decode(): v.decode() for k, v in stats.items()}))
+            out.append((Job.from_hash(job_id, data), int(done or 0), int(successes or 0)))
     return out
 
 
@@ -254,7 +261,9 @@ def transition(
 ) -> bool:
     """Move a job to ``state`` unless it is terminal (or not in ``only_from``); True if moved."""
     allowed = ",".join(s.value for s in only_from)
-    rc = int(r.eval(_TRANSITION, 1, keys.job(job_id), state.value, reason, repr(time.time()), allowed))
+    rc = int(
+        r.eval(_TRANSITION, 1, keys.job(job_id), state.value, reason, repr(time.time()), allowed)
+    )
     if rc < 0:
         raise JobNotFound(f"no job {job_id}; `arena-eval jobs` lists jobs")
     return rc == 1
@@ -298,7 +307,7 @@ def job_state(r: redis.Redis, keys: Keys, job_id: str) -> JobState | None:
     if raw is None:
         return None
     try:
-        return JobState(raw.decode())
+        return JobState(text(raw))
     except ValueError:
         return None
 

@@ -47,7 +47,7 @@ def read_spec(r: redis.Redis, keys: Keys, pool: str) -> PolicySpec | None:
 
 
 def live_workers(r: redis.Redis, keys: Keys, pool: str) -> list[WorkerRecord]:
-    ids = sorted(m.decode() for m in r.smembers(keys.pool_workers(pool)))
+    ids = sorted(_text(m) for m in r.smembers(keys.pool_workers(pool)))
     if not ids:
         return []
     raws = r.mget([keys.pool_worker(pool, w) for w in ids])
@@ -98,7 +98,7 @@ def deregister(r: redis.Redis, keys: Keys, pool: str, worker_id: str) -> None:
 def prune(r: redis.Redis, keys: Keys, pool: str) -> list[str]:
     """Drop ids of workers whose heartbeat expired from the pool's member set."""
     live = {w.worker_id for w in live_workers(r, keys, pool)}
-    ids = {m.decode() for m in r.smembers(keys.pool_workers(pool))}
+    ids = {_text(m) for m in r.smembers(keys.pool_workers(pool))}
     dead = sorted(ids - live)
     if dead:
         r.srem(keys.pool_workers(pool), *dead)
@@ -115,7 +115,7 @@ def ensure_group(r: redis.Redis, stream: str, group: str = POLICY_GROUP) -> None
 
 
 def pool_names(r: redis.Redis, keys: Keys) -> list[str]:
-    return sorted(m.decode() for m in r.smembers(keys.pools()))
+    return sorted(_text(m) for m in r.smembers(keys.pools()))
 
 
 def wait_for_pool(
@@ -184,3 +184,7 @@ def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
         "queued_entries": queued,
         "dead_letters": int(r.xlen(keys.pool_dead(pool))),
     }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

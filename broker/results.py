@@ -39,6 +39,7 @@ import redis
 
 from arena_eval.broker.jobs import TERMINAL_LUA
 from arena_eval.broker.keys import Keys
+from arena_eval.broker.units import text
 
 #: Fixed leading columns of ``results --format csv`` (then ``m.<metric>``, sorted).
 RESULT_COLUMNS = (
@@ -133,7 +134,7 @@ def existing(r: redis.Redis, keys: Keys, job_id: str, indices: Iterable[int]) ->
     pipe = r.pipeline(transaction=False)
     for i in idx:
         pipe.hexists(keys.job_results(job_id), str(i))
-    return {i for i, present in zip(idx, pipe.execute()) if present}
+    return {i for i, present in zip(idx, pipe.execute(), strict=True) if present}
 
 
 def read_results(r: redis.Redis, keys: Keys, job_id: str) -> list[dict[str, Any]]:
@@ -149,12 +150,12 @@ def read_results(r: redis.Redis, keys: Keys, job_id: str) -> list[dict[str, Any]
 
 
 def read_stats(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in r.hgetall(keys.job_stats(job_id)).items()}
+    return {text(k): text(v) for k, v in r.hgetall(keys.job_stats(job_id)).items()}
 
 
 def read_workers(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, float]:
     """Worker id -> last time it recorded progress on the job."""
-    return {k.decode(): float(v) for k, v in r.hgetall(keys.job_workers(job_id)).items()}
+    return {text(k): float(v) for k, v in r.hgetall(keys.job_workers(job_id)).items()}
 
 
 def metric_columns(episodes: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -73,9 +73,9 @@ class WorkUnit:
     @classmethod
     def from_entry(cls, entry_id: bytes | str, fields: dict[Any, Any]) -> WorkUnit | None:
         """Parse a stream entry; None if it is not a well-formed unit (garbage is dropped)."""
-        data = {_text(k): _text(v) for k, v in fields.items()}
+        data = {text(k): text(v) for k, v in fields.items()}
         try:
-            unit = cls(data[F_JOB], int(data[F_START]), int(data[F_COUNT]), _text(entry_id))
+            unit = cls(data[F_JOB], int(data[F_START]), int(data[F_COUNT]), text(entry_id))
         except (KeyError, ValueError):
             return None
         return unit if unit.job_id and unit.start >= 0 and unit.count >= 1 else None
@@ -101,11 +101,11 @@ def ensure_units_group(r: redis.Redis, keys: Keys) -> None:
 
 def read_new(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> list[WorkUnit | str]:
     """XREADGROUP one new entry: a unit, or its bare id if the entry is garbage."""
-    resp = r.xreadgroup(SIM_GROUP, consumer, {keys.units(): ">"}, count=1, block=block_ms)
+    resp: Any = r.xreadgroup(SIM_GROUP, consumer, {keys.units(): ">"}, count=1, block=block_ms)
     out: list[WorkUnit | str] = []
     for _stream, entries in resp or []:
         for entry_id, fields in entries:
-            out.append(WorkUnit.from_entry(entry_id, fields or {}) or _text(entry_id))
+            out.append(WorkUnit.from_entry(entry_id, fields or {}) or text(entry_id))
     return out
 
 
@@ -117,20 +117,20 @@ def claim_stale(
     ``raw`` must be a client without redis-py's XAUTOCLAIM reply callback (see
     ``raw_client``): the reply differs between Redis 6.2 and 7 and we parse it here.
     """
-    resp = raw.execute_command(
+    resp: Any = raw.execute_command(  # type: ignore[no-untyped-call]
         "XAUTOCLAIM", keys.units(), SIM_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count
     )
-    deleted = [_text(e) for e in resp[2]] if len(resp) > 2 else []
+    deleted = [text(e) for e in resp[2]] if len(resp) > 2 else []
     units: list[WorkUnit | str] = []
     for entry in resp[1]:
         if entry is None:
             continue
         entry_id, flat = entry
         if flat is None:  # Redis 6.2 reports deleted entries inline
-            deleted.append(_text(entry_id))
+            deleted.append(text(entry_id))
             continue
-        fields = dict(zip(flat[::2], flat[1::2]))
-        units.append(WorkUnit.from_entry(entry_id, fields) or _text(entry_id))
+        fields = dict(zip(flat[::2], flat[1::2], strict=False))
+        units.append(WorkUnit.from_entry(entry_id, fields) or text(entry_id))
     return units, deleted
 
 
@@ -152,6 +152,12 @@ def requeue(r: redis.Redis, keys: Keys, unit: WorkUnit, consumer: str) -> bool:
     return bool(r.eval(_REQUEUE, 1, keys.units(), SIM_GROUP, unit.entry_id, consumer, *flat))
 
 
+def deliveries(r: redis.Redis, keys: Keys, entry_id: str) -> int:
+    """How often a unit was handed out (first read plus takeovers; lease renewals don't count)."""
+    rows = r.xpending_range(keys.units(), SIM_GROUP, min=entry_id, max=entry_id, count=1)
+    return int(rows[0]["times_delivered"]) if rows else 0
+
+
 def finish(r: redis.Redis, keys: Keys, *entry_ids: str) -> None:
     """Acknowledge and delete units (done, dropped, or garbage) in one round trip."""
     if not entry_ids:
@@ -166,14 +172,14 @@ def iter_units(r: redis.Redis, keys: Keys, page: int = 1000) -> Iterator[WorkUni
     """Every unit still on the stream (queued or leased), oldest first."""
     lo = "-"
     while True:
-        entries = r.xrange(keys.units(), min=lo, max="+", count=page)
+        entries: Any = r.xrange(keys.units(), min=lo, max="+", count=page)
         for entry_id, fields in entries:
             unit = WorkUnit.from_entry(entry_id, fields or {})
             if unit is not None:
                 yield unit
         if len(entries) < page:
             return
-        lo = "(" + _text(entries[-1][0])
+        lo = "(" + text(entries[-1][0])
 
 
 def drop_job_units(r: redis.Redis, keys: Keys, job_id: str) -> int:
@@ -200,5 +206,6 @@ def leave_group(r: redis.Redis, keys: Keys, consumer: str) -> None:
         pass
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A Redis reply item (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)

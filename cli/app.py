@@ -42,11 +42,15 @@ def _root(
 
 def _register_subcommands() -> None:
     # Imported here so that each area stays in its own module.
-    from arena_eval.cli import policy_cmd, redis_cmd
+    from arena_eval.cli import bench_cmd, job_cmd, policy_cmd, redis_cmd, sim_cmd
 
     app.add_typer(redis_cmd.app, name="redis")
+    app.add_typer(bench_cmd.app, name="bench")
     app.add_typer(policy_cmd.app, name="policy")
     app.command("pools")(policy_cmd.pools_cmd)
+    app.add_typer(sim_cmd.app, name="sim")
+    for name, command in job_cmd.COMMANDS.items():
+        app.command(name)(command)
 
 
 _register_subcommands()

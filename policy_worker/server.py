@@ -244,7 +244,7 @@ class PolicyWorker:
             with contextlib.suppress(Exception):
                 self._conn.disconnect()
             with contextlib.suppress(Exception):
-                self._r.connection_pool.release(self._conn)
+                self._r.connection_pool.release(self._conn)  # type: ignore[arg-type]
             self._conn = None
 
     # -- reading -------------------------------------------------------------

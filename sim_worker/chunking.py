@@ -69,7 +69,7 @@ class ChunkedPolicy:
             self.requests += 1
             self.rows_requested += int(rows.size)
         safe = np.minimum(self._index, self.horizon - 1)
-        actions = self._chunks[np.arange(self.num_envs), safe].copy()
+        actions: np.ndarray = self._chunks[np.arange(self.num_envs), safe].copy()
         if active is not None:
             actions[~active] = 0.0
             self._index[active] += 1

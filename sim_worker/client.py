@@ -289,7 +289,7 @@ class PolicyClient:
             with contextlib.suppress(Exception):
                 self._conn.disconnect()
             with contextlib.suppress(Exception):
-                self._r.connection_pool.release(self._conn)
+                self._r.connection_pool.release(self._conn)  # type: ignore[arg-type]
             self._conn = None
 
     def close(self) -> None:
@@ -299,7 +299,7 @@ class PolicyClient:
         self._slots = []
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                self._r.connection_pool.release(self._conn)
+                self._r.connection_pool.release(self._conn)  # type: ignore[arg-type]
             self._conn = None
         with contextlib.suppress(Exception):
             self._r.delete(self.reply_key)

@@ -1,0 +1,313 @@
+"""``arena-eval submit | status | results | jobs | cancel | workers``: evaluation jobs.
+
+Each command parses its options, calls one function of ``arena_eval.broker``
+(``jobs`` to change things, ``status`` to read them) and renders the result
+with rich; ``--json`` prints the same dict the table is made from, so scripts
+and humans see the same numbers.
+
+Stable output for scripts:
+
+* ``submit`` prints only the job id on stdout (``--json``: ``{"job_id": ...}``);
+  hints go to stderr.
+* ``results --format json``: ``{"job_id", "state", "reason", "spec", "metrics":
+  {num_episodes, successes, success_rate, wilson_low, wilson_high, mean_length,
+  mean_return, metric_means}, "episodes": [one result dict per episode, by
+  index]}`` (the result dict is documented in ``broker/results.py``).
+* ``results --format csv``: one row per episode, sorted by index; columns
+  ``index,seed,success,return,length,wall_s,worker,finished_at`` in that order,
+  then ``m.<metric>`` per task metric, sorted by name.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import redis
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from arena_eval.broker import jobs, status
+from arena_eval.broker.connection import connect, ping
+from arena_eval.broker.jobs import JobSpec, JobState
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.results import RESULT_COLUMNS, episode_rows
+from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
+
+err = Console(stderr=True, highlight=False)
+POLL_S = 0.5
+
+
+def _open(redis_url: str | None) -> tuple[redis.Redis, Keys]:
+    settings = settings_for(redis_url)
+    r = connect(settings)
+    ping(r, settings)  # unreachable Redis: one readable line, not a traceback
+    return r, Keys(settings.prefix)
+
+
+def _f(value: Any, fmt: str = "{:.3f}", none: str = "-") -> str:
+    return none if value is None else fmt.format(value)
+
+
+def _when(ts: float | None) -> str:
+    return "-" if not ts else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- submit -------------------------------------------------------------------------------
+def submit_cmd(
+    task: str = typer.Option(..., "--task", help="e.g. metaworld/door-open-v3, CartPole-v1."),
+    pool: str = typer.Option(..., "--pool", help="Model pool that serves the policy."),
+    episodes: int = typer.Option(..., "--episodes", min=1, help="Episodes to run."),
+    num_envs: int | None = typer.Option(
+        None, "--num-envs", min=1, help="Env slots per sim worker (default: the worker's)."
+    ),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=1, help="Truncate episodes here (default: the task's limit)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Episode i is reset with seed SEED+i."),
+    shard_size: int | None = typer.Option(
+        None, "--shard-size", min=1, help="Episodes per work unit (default: 2 x env slots)."
+    ),
+    camera: str | None = typer.Option(None, "--camera", help="Add this camera's RGB frames."),
+    image_size: int = typer.Option(224, "--image-size", min=1, help="Camera frame size."),
+    wait: bool = typer.Option(False, "--wait", help="Show progress; exit 1 unless it completes."),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Submit an evaluation job; print its id."""
+    r, keys = _open(redis_url)
+    spec = JobSpec(
+        task=task, pool=pool, episodes=episodes, num_envs=num_envs, max_steps=max_steps,
+        seed=seed, shard_size=shard_size, camera=camera, image_size=image_size,
+    )  # fmt: skip
+    job_id = jobs.submit(r, keys, spec)
+    if not wait:
+        if json_out:
+            print_json({"job_id": job_id})
+        else:
+            typer.echo(job_id)
+            hint = status.job_status(r, keys, job_id)["hint"]
+            if hint:
+                err.print(f"note: {hint}")
+        return
+    final = _wait(r, keys, job_id, quiet=json_out)
+    if json_out:
+        print_json(final)
+    else:
+        _print_status(final)
+    if final["state"] != JobState.COMPLETED.value:
+        raise typer.Exit(1)
+
+
+def _wait(r: redis.Redis, keys: Keys, job_id: str, *, quiet: bool) -> dict[str, Any]:
+    """Poll the job until it is terminal, with a live progress bar unless ``quiet``."""
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    )
+    with progress:
+        bar = progress.add_task(job_id, total=None, info="")
+        while True:
+            s = status.job_status(r, keys, job_id)
+            info = f"{s['state']}  success {_f(s['success_rate'], '{:.2f}')}"
+            info += f"  {_f(s['steps_per_s'], '{:.0f}')} steps/s"
+            if s["reason"] or s["hint"]:
+                info += f"  ({s['reason'] or s['hint']})"
+            progress.update(bar, total=s["total"], completed=s["episodes_done"], info=info)
+            if JobState(s["state"]).terminal:
+                return s
+            time.sleep(POLL_S)
+
+
+# -- status -------------------------------------------------------------------------------
+def status_cmd(
+    job_id: str | None = typer.Argument(None, help="Job id (default: the latest job)."),
+    json_out: bool = JSON_OPTION,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until the job ends."),
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Show a job's state, progress, success rate and latencies."""
+    r, keys = _open(redis_url)
+    job_id = status.resolve_job_id(r, keys, job_id)
+    s = status.job_status(r, keys, job_id)
+    if json_out:
+        print_json(s)
+        return
+    if not watch:
+        _print_status(s)
+        return
+    with Live(_status_view(s), console=console, auto_refresh=False) as live:
+        while not JobState(s["state"]).terminal:
+            time.sleep(POLL_S * 2)
+            s = status.job_status(r, keys, job_id)
+            live.update(_status_view(s), refresh=True)
+
+
+def _print_status(s: dict[str, Any]) -> None:
+    console.print(_status_view(s))
+
+
+def _status_view(s: dict[str, Any]) -> Group:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", justify="right")
+    grid.add_column()
+    state = s["state"] + (f" ({s['reason']})" if s["reason"] else "")
+    spec = s["spec"]
+    ms = "{:.2f}"
+    workers = ", ".join(f"{w['worker_id']} ({w['last_seen_s']:.0f}s ago)" for w in s["workers"])
+    parts = ("queue", "decode", "infer", "encode")
+    policy_side = "  ".join(f"{p} {_f(s[f'mean_{p}_ms'], ms)}" for p in parts)
+    policy_side += f" ms  batch rows {_f(s['mean_batch_rows'], '{:.1f}')}"
+    rows = [
+        ("job", s["job_id"]),
+        ("task", f"{spec['task']}  pool {spec['pool']}  seed {spec['seed']}"),
+        ("state", state),
+        ("episodes", f"{s['episodes_done']}/{s['total']}"),
+        ("success", f"{_f(s['success_rate'])}  95% CI [{_f(s['wilson_low'])}, "
+                    f"{_f(s['wilson_high'])}]  ({s['successes']}/{s['episodes_done']})"),
+        ("length", f"mean {_f(s['mean_length'], '{:.1f}')} steps"),
+        ("steps/s", _f(s["steps_per_s"], "{:.1f}")),
+        ("round trip", f"p50 {_f(s['round_trip_p50_ms'], ms)} ms  "
+                       f"p99 {_f(s['round_trip_p99_ms'], ms)} ms  ({s['requests']} requests)"),
+        ("policy side", policy_side),
+        ("workers", workers or "-"),
+        ("created", f"{_when(s['created'])}  started {_when(s['started'])}  "
+                    f"finished {_when(s['finished'])}"),
+    ]  # fmt: skip
+    if s["hint"]:
+        rows.append(("hint", f"[yellow]{s['hint']}[/]"))
+    for name, value in rows:
+        grid.add_row(name, value)
+    return Group(grid)
+
+
+# -- results ------------------------------------------------------------------------------
+def results_cmd(
+    job_id: str = typer.Argument(..., help="Job id."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv."),
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Print a job's metrics and one row per finished episode (json/csv: stable columns)."""
+    if fmt not in ("table", "json", "csv"):
+        raise typer.BadParameter(f"--format must be table, json or csv, not {fmt!r}")
+    r, keys = _open(redis_url)
+    report = status.results_report(r, keys, job_id)
+    if fmt == "json":
+        print_json(report)
+        return
+    header, rows = episode_rows(report["episodes"])
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+        return
+    m = report["metrics"]
+    console.print(
+        f"[bold]{report['job_id']}[/] {report['state']}: {m['num_episodes']} episodes, success "
+        f"{_f(m['success_rate'])} [{_f(m['wilson_low'])}, {_f(m['wilson_high'])}], mean length "
+        f"{_f(m['mean_length'], '{:.1f}')}, mean return {_f(m['mean_return'], '{:.2f}')}",
+        highlight=False,
+    )
+    for name, value in m["metric_means"].items():
+        console.print(f"  mean {name}: {_f(value, '{:.4g}')}", highlight=False)
+    table = Table(*RESULT_COLUMNS)  # metric columns: see --format csv/json
+    for row in rows:
+        table.add_row(*[_cell(v) for v in row[: len(RESULT_COLUMNS)]])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 1e6 else _when(value)
+    return "-" if value is None else str(value)
+
+
+# -- jobs / cancel / workers ----------------------------------------------------------------
+def jobs_cmd(
+    limit: int = typer.Option(50, "--limit", min=1, help="Newest N jobs."),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """List jobs, newest first."""
+    r, keys = _open(redis_url)
+    rows = status.jobs_report(r, keys, limit)
+    if json_out:
+        print_json({"jobs": rows})
+        return
+    if not rows:
+        console.print("no jobs yet: `arena-eval submit --task TASK --pool POOL --episodes N`")
+        return
+    table = Table("job", "task", "pool", "state", "done", "success", "created")
+    for j in rows:
+        table.add_row(
+            j["job_id"], j["task"], j["pool"], j["state"], f"{j['episodes_done']}/{j['total']}",
+            _f(j["success_rate"]), _when(j["created"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def cancel_cmd(
+    job_id: str = typer.Argument(..., help="Job id."),
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Cancel a job: workers drop its units within a few seconds."""
+    r, keys = _open(redis_url)
+    job = jobs.cancel(r, keys, job_id)
+    if job.state is JobState.CANCELLED:
+        console.print(f"job {job_id} cancelled", highlight=False)
+    else:
+        console.print(f"job {job_id} had already ended: {job.state.value}", highlight=False)
+
+
+def workers_cmd(
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """List live sim workers and the policy workers of every pool."""
+    r, keys = _open(redis_url)
+    report = status.workers_report(r, keys)
+    if json_out:
+        print_json(report)
+        return
+    sims = Table("sim worker", "state", "job", "unit", "episodes", "heartbeat", title="sim workers")
+    for w in report["sim_workers"]:
+        done = f"{w.get('episodes_done', 0)}/{w['unit_episodes']}" if "unit_episodes" in w else "-"
+        sims.add_row(
+            w["worker_id"], str(w.get("state")), str(w.get("job", "-")), str(w.get("unit", "-")),
+            done, f"{w['heartbeat_age_s']:.1f}s",
+        )  # fmt: skip
+    console.print(sims if report["sim_workers"] else "no live sim workers: `arena-eval sim serve`")
+    pools = Table("pool", "policy worker", "state", "requests", "heartbeat", title="policy workers")
+    for p in report["pools"]:
+        for w in p["workers"]:
+            pools.add_row(
+                p["pool"], w["worker_id"], str(w["state"]), str(w["requests"]),
+                f"{w['heartbeat_age_s']:.1f}s",
+            )  # fmt: skip
+    if pools.row_count:
+        console.print(pools)
+    else:
+        console.print("no live policy workers: `arena-eval policy serve --pool NAME --policy ...`")
+
+
+#: Top-level commands this module adds to the root app (see ``cli/app.py``).
+COMMANDS: dict[str, Callable[..., None]] = {
+    "submit": submit_cmd,
+    "status": status_cmd,
+    "results": results_cmd,
+    "jobs": jobs_cmd,
+    "cancel": cancel_cmd,
+    "workers": workers_cmd,
+}

@@ -1,0 +1,71 @@
+"""``arena-eval sim serve``: run one sim worker until SIGTERM/SIGINT.
+
+The loop itself lives in ``arena_eval.sim_worker.service``; this module only
+parses options and prints one line when the worker starts and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from arena_eval.broker.jobs import DEFAULT_NUM_ENVS
+from arena_eval.cli.common import REDIS_URL_OPTION, console, settings_for
+
+app = typer.Typer(
+    help="Run sim workers (they step envs for evaluation jobs).", no_args_is_help=True
+)
+
+
+@app.command("serve")
+def serve_cmd(
+    num_envs: int = typer.Option(
+        DEFAULT_NUM_ENVS,
+        "--num-envs",
+        min=1,
+        help="Env slots: the default, and the maximum a job may ask for.",
+    ),
+    lease_ms: int = typer.Option(
+        10_000, "--lease-ms", min=100, help="A unit idle this long (its worker died) is taken over."
+    ),
+    policy_timeout_s: float = typer.Option(
+        30.0, "--policy-timeout", min=0.1, help="Seconds to wait for one policy answer."
+    ),
+    max_deliveries: int = typer.Option(
+        5, "--max-deliveries", min=1, help="Fail a job whose unit killed this many workers."
+    ),
+    vectorization: str = typer.Option("sync", "--vectorization", help="sync|async env stepping."),
+    worker_id: str | None = typer.Option(None, "--worker-id", help="Default: host-pid-random."),
+    burst: bool = typer.Option(False, "--burst", help="Exit when no unit is queued or pending."),
+    redis_url: str | None = REDIS_URL_OPTION,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every unit."),
+) -> None:
+    """Take work units of evaluation jobs from Redis and run them, until SIGTERM/SIGINT."""
+    from arena_eval.broker.connection import connect, ping
+    from arena_eval.sim_worker.service import SimWorker, serve
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    settings = settings_for(redis_url)
+    client = connect(settings)
+    ping(client, settings)
+    worker = SimWorker(
+        settings,
+        client=client,
+        num_envs=num_envs,
+        lease_ms=lease_ms,
+        worker_id=worker_id,
+        policy_timeout_s=policy_timeout_s,
+        vectorization=vectorization,
+        max_deliveries=max_deliveries,
+    )
+    console.print(
+        f"sim worker [bold]{worker.worker_id}[/] ({num_envs} env slots, lease {lease_ms} ms) "
+        f"on {settings.masked_url()}",
+        highlight=False,
+    )
+    handled = serve(worker, burst=burst)
+    console.print(f"stopped after {handled} units", highlight=False)

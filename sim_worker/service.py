@@ -1,0 +1,415 @@
+"""The sim worker process: take a unit, wait for its pool, check specs, run it, ack it.
+
+How the job-level guarantees come out of this loop:
+
+* **Crash recovery.** A unit is read through the consumer group and stays in
+  the pending list until acked. A heartbeat thread renews the lease
+  (``units.renew``) a few times per lease period; a worker killed with -9 stops
+  renewing and, ``lease_ms`` later, any worker's XAUTOCLAIM takes the unit
+  over. Episodes already stored are skipped, and results are write-once.
+* **Cancel and fail.** The same heartbeat reads the job state (every
+  ``HEARTBEAT_INTERVAL_S``) and sets the unit's abort event when the job is
+  terminal; the rollout polls that event once per step, so a cancelled job
+  stops within about a second. Units of terminal jobs are acked and deleted.
+* **No silent hang.** While no live worker serves the pool, the job says
+  ``waiting_for_pool`` with the command that would fix it, the lease stays
+  alive and cancel still works. A pool whose spec does not fit the task
+  (observations or action width) fails the job within seconds, before any
+  request, with the mismatch spelled out.
+* **Graceful stop.** ``stop()`` (SIGTERM/SIGINT) aborts the running unit and
+  puts it back at the tail of the queue at once instead of waiting for the
+  lease to lapse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from arena_eval.broker import fleet, jobs, pool, results, units
+from arena_eval.broker.connection import connect
+from arena_eval.broker.errors import BrokerUnavailable
+from arena_eval.broker.jobs import Job, JobNotFound, JobSpec
+from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.settings import RedisSettings
+from arena_eval.broker.spec import PolicySpec, SpecMismatch
+from arena_eval.broker.units import WorkUnit
+from arena_eval.sim_worker.chunking import ChunkedPolicy
+from arena_eval.sim_worker.client import PolicyClient, PolicyTimeout, RemotePolicyError
+from arena_eval.sim_worker.envs import VectorEnv, make_env
+from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_mismatch
+
+log = logging.getLogger("arena_eval.sim_worker")
+
+LEASE_LOST = "lease lost"
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BrokerUnavailable, ConnectionError)
+
+
+class Outcome(enum.Enum):
+    DONE = "done"  # ack + delete
+    DROP = "drop"  # job terminal: ack + delete
+    REQUEUE = "requeue"  # worker stopping: hand back now
+    LOST = "lost"  # another worker holds it now: touch nothing
+
+
+@dataclass
+class Lease:
+    """The unit this worker holds, and what the heartbeat thread reports about it."""
+
+    unit: WorkUnit
+    abort: threading.Event = field(default_factory=threading.Event)
+    reason: str = ""
+    phase: str = "starting"
+    episodes_done: int = 0
+
+    def stop(self, reason: str) -> None:
+        if not self.abort.is_set():
+            self.reason = reason
+            self.abort.set()
+
+
+class SimWorker:
+    """Run work units from the shared queue until ``stop()`` (or, in burst mode, until idle)."""
+
+    def __init__(
+        self,
+        settings: RedisSettings | None = None,
+        *,
+        client: redis.Redis | None = None,
+        num_envs: int = jobs.DEFAULT_NUM_ENVS,
+        lease_ms: int = 10_000,
+        worker_id: str | None = None,
+        block_ms: int = 1000,
+        policy_timeout_s: float = 30.0,
+        pool_poll_s: float = 0.5,
+        vectorization: str = "sync",
+        max_deliveries: int = 5,
+    ) -> None:
+        self.settings = settings or RedisSettings.from_env()
+        self.keys = Keys(self.settings.prefix)
+        self._r = client if client is not None else connect(self.settings)
+        self._raw = units.raw_client(self._r)
+        self.num_envs = num_envs
+        self.lease_ms = lease_ms
+        self.block_ms = block_ms
+        self.policy_timeout_s = policy_timeout_s
+        self.pool_poll_s = pool_poll_s
+        self.vectorization = vectorization
+        self.max_deliveries = max_deliveries
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.units_done = 0
+        self._stop = threading.Event()
+        self._lease: Lease | None = None
+        self._next_claim = 0.0
+        self._env: VectorEnv | None = None
+        self._env_key: tuple[Any, ...] | None = None
+        self._clients: dict[str, PolicyClient] = {}
+        self._beat: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        lease = self._lease
+        if lease is not None:
+            lease.stop("worker stopping")
+
+    def run(self, *, burst: bool = False) -> int:
+        """Process units until stopped; ``burst`` returns once nothing is queued or pending."""
+        units.ensure_units_group(self._r, self.keys)
+        self._heartbeat_once()
+        self._beat = threading.Thread(
+            target=self._heartbeat_loop, name="sim-heartbeat", daemon=True
+        )
+        self._beat.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    unit = self._next_unit()
+                    if unit is None:
+                        if burst and self._queue_empty():
+                            break
+                        continue
+                    self.process(unit)
+                except _REDIS_DOWN as exc:
+                    log.warning("lost Redis (%s); retrying", exc)
+                    self._stop.wait(0.5)
+        finally:
+            self._stop.set()
+            if self._beat is not None:
+                self._beat.join(2.0)
+            self._close()
+        return self.units_done
+
+    def _close(self) -> None:
+        for c in self._clients.values():
+            with contextlib.suppress(Exception):
+                c.close()
+        self._clients.clear()
+        self._drop_env()
+        with contextlib.suppress(Exception):
+            units.leave_group(self._r, self.keys, self.worker_id)
+        with contextlib.suppress(Exception):
+            fleet.deregister(self._r, self.keys, self.worker_id)
+
+    # -- taking units ------------------------------------------------------------
+    def _next_unit(self) -> WorkUnit | None:
+        """A unit whose lease lapsed (checked every lease/2), else a new one (blocking read)."""
+        found: list[WorkUnit | str] = []
+        now = time.monotonic()
+        if now >= self._next_claim:
+            self._next_claim = now + max(0.2, self.lease_ms / 2000.0)
+            found, deleted = units.claim_stale(self._raw, self.keys, self.worker_id, self.lease_ms)
+            units.finish(self._r, self.keys, *deleted)
+            if found and isinstance(found[0], WorkUnit) and self._poisoned(found[0]):
+                return None
+        if not found:
+            found = units.read_new(self._r, self.keys, self.worker_id, self.block_ms)
+        for item in found:
+            if isinstance(item, WorkUnit):
+                return item
+            log.warning("dropping malformed unit entry %s", item)
+            units.finish(self._r, self.keys, item)
+        return None
+
+    def _poisoned(self, unit: WorkUnit) -> bool:
+        """Fail the job of a unit whose workers keep dying on it, instead of retrying forever."""
+        n = units.deliveries(self._r, self.keys, unit.entry_id)
+        log.info("took over %s (lease lapsed; delivery %d)", unit, n)
+        if n <= self.max_deliveries:
+            return False
+        end = unit.start + unit.count - 1
+        jobs.fail(
+            self._r, self.keys, unit.job_id,
+            f"episodes {unit.start}-{end} were taken over {n - 1} times: each sim worker "
+            f"running them died or stalled past its lease (max {self.max_deliveries} "
+            "deliveries); check the sim workers' logs for a simulator crash",
+        )  # fmt: skip
+        units.finish(self._r, self.keys, unit.entry_id)
+        return True
+
+    def _queue_empty(self) -> bool:
+        if self._r.xlen(self.keys.units()):
+            return False
+        summary = self._r.xpending(self.keys.units(), SIM_GROUP)
+        return not int(summary.get("pending", 0))
+
+    def process(self, unit: WorkUnit) -> Outcome:
+        """Run one unit to an outcome and settle it on the stream."""
+        try:
+            job = jobs.get_job(self._r, self.keys, unit.job_id)
+        except JobNotFound:
+            job = None
+        if job is None or job.state.terminal:
+            units.finish(self._r, self.keys, unit.entry_id)
+            return Outcome.DROP
+        lease = Lease(unit)
+        self._lease = lease
+        if self._stop.is_set():
+            lease.stop("worker stopping")
+        try:
+            outcome = self._execute(job, lease)
+        finally:
+            self._lease = None
+        if outcome in (Outcome.DONE, Outcome.DROP):
+            units.finish(self._r, self.keys, unit.entry_id)
+        elif outcome is Outcome.REQUEUE:
+            units.requeue(self._r, self.keys, unit, self.worker_id)
+        log.info("unit %s of job %s: %s %s", unit.indices, job.job_id, outcome.value, lease.reason)
+        self.units_done += 1
+        return outcome
+
+    # -- running a unit ------------------------------------------------------------
+    def _execute(self, job: Job, lease: Lease) -> Outcome:
+        while True:
+            spec = self._wait_for_pool(job, lease)
+            if spec is None:
+                return self._aborted(job, lease)
+            num_envs = min(job.spec.num_envs or self.num_envs, self.num_envs)
+            try:
+                env = self._env_for(job.spec, num_envs)
+            except Exception as exc:
+                return self._fail(job, f"cannot build task {job.spec.task!r}: {_describe(exc)}")
+            reason = spec_mismatch(env, spec, job.spec)
+            if reason is not None:
+                return self._fail(job, reason)
+            jobs.mark_running(self._r, self.keys, job.job_id)
+            lease.phase = "running"
+            done = results.existing(self._r, self.keys, job.job_id, lease.unit.indices)
+            lease.episodes_done = len(done)
+            try:
+                self._rollout(job, lease, env, [i for i in lease.unit.indices if i not in done])
+            except (PolicyTimeout, pool.PoolNotFound) as exc:
+                log.warning("pool %s stopped answering (%s); waiting for it", job.spec.pool, exc)
+                continue
+            except (SpecMismatch, RemotePolicyError) as exc:
+                return self._fail(job, f"pool {job.spec.pool!r}: {_describe(exc)}")
+            except _REDIS_DOWN:
+                raise
+            except Exception as exc:
+                log.exception("rollout of job %s failed", job.job_id)
+                self._drop_env()  # it may be broken: the next unit builds a fresh one
+                return self._fail(
+                    job, f"simulation error in task {job.spec.task!r}: {_describe(exc)}"
+                )
+            return self._aborted(job, lease) if lease.abort.is_set() else Outcome.DONE
+
+    def _wait_for_pool(self, job: Job, lease: Lease) -> PolicySpec | None:
+        """The pool's spec once a live worker serves it; None if the unit is aborted first."""
+        waiting = False
+        while not lease.abort.is_set():
+            spec = pool.read_spec(self._r, self.keys, job.spec.pool)
+            if spec is not None and pool.live_workers(self._r, self.keys, job.spec.pool):
+                client = self._client_for(job.spec.pool)
+                try:
+                    return client.connect()
+                except pool.PoolNotFound:
+                    continue
+            if not waiting:
+                waiting = True
+                lease.phase = "waiting_for_pool"
+                reason = (
+                    f"no live policy worker serves pool {job.spec.pool!r}; start one with "
+                    f"`arena-eval policy serve --pool {job.spec.pool} --policy ...`"
+                )
+                jobs.mark_waiting(self._r, self.keys, job.job_id, reason)
+                log.warning("job %s: %s", job.job_id, reason)
+            lease.abort.wait(self.pool_poll_s)
+        return None
+
+    def _rollout(self, job: Job, lease: Lease, env: VectorEnv, todo: list[int]) -> None:
+        client = self._clients[job.spec.pool]
+        policy = ChunkedPolicy(client, env.num_envs)
+        skipped = lease.episodes_done
+
+        def sink(episodes: list[dict[str, Any]], stats: RolloutStats) -> None:
+            _written, completed = results.record(
+                self._r, self.keys, job.job_id, self.worker_id, time.time(), episodes,
+                stats.counters(), stats.sums,
+            )  # fmt: skip
+            if completed:
+                log.info("job %s completed", job.job_id)
+
+        def progress(finished: int) -> None:
+            lease.episodes_done = skipped + finished
+
+        run_episodes(
+            env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
+            on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
+            progress=progress,
+        )  # fmt: skip
+
+    def _aborted(self, job: Job, lease: Lease) -> Outcome:
+        if lease.reason == LEASE_LOST:
+            return Outcome.LOST
+        state = jobs.job_state(self._r, self.keys, job.job_id)
+        if state is None or state.terminal:
+            return Outcome.DROP
+        return Outcome.REQUEUE
+
+    def _fail(self, job: Job, reason: str) -> Outcome:
+        log.error("job %s failed: %s", job.job_id, reason)
+        jobs.fail(self._r, self.keys, job.job_id, reason)
+        return Outcome.DROP
+
+    def _env_for(self, spec: JobSpec, num_envs: int) -> VectorEnv:
+        """The env for this job, reused across units of the same task and shape."""
+        key = (spec.task, num_envs, spec.max_steps, spec.camera, spec.image_size)
+        if self._env is None or self._env_key != key:
+            self._drop_env()
+            self._env = make_env(
+                spec.task, num_envs, seed=spec.seed, max_steps=spec.max_steps,
+                camera=spec.camera, image_size=spec.image_size, vectorization=self.vectorization,
+            )  # fmt: skip
+            self._env_key = key
+        return self._env
+
+    def _drop_env(self) -> None:
+        if self._env is not None:
+            with contextlib.suppress(Exception):
+                self._env.close()
+            self._env = None
+
+    def _client_for(self, pool_name: str) -> PolicyClient:
+        client = self._clients.get(pool_name)
+        if client is None:
+            client = PolicyClient(
+                pool_name, self.settings, client=self._r, timeout_s=self.policy_timeout_s,
+                handshake=False,
+            )  # fmt: skip
+            self._clients[pool_name] = client
+        return client
+
+    # -- heartbeat ---------------------------------------------------------------
+    def _status(self) -> dict[str, Any]:
+        lease = self._lease
+        data: dict[str, Any] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "num_envs": self.num_envs,
+            "lease_ms": self.lease_ms,
+            "units_done": self.units_done,
+            "state": "stopping" if self._stop.is_set() else "idle",
+        }
+        if lease is not None:
+            u = lease.unit
+            data.update(
+                state=lease.phase, job=u.job_id, unit=f"{u.start}-{u.start + u.count}",
+                unit_episodes=u.count, episodes_done=lease.episodes_done,
+            )  # fmt: skip
+        return data
+
+    def _heartbeat_once(self) -> None:
+        lease = self._lease
+        pipe = self._r.pipeline(transaction=False)
+        fleet.heartbeat(pipe, self.keys, self.worker_id, self._status())
+        if lease is not None:
+            pipe.hget(self.keys.job(lease.unit.job_id), "state")
+        replies = pipe.execute()
+        if lease is None:
+            return
+        state = units.text(replies[-1]) if replies[-1] is not None else "deleted"
+        if state == "deleted" or jobs.JobState(state).terminal:
+            lease.stop(f"job {state}")
+        elif not units.renew(self._r, self.keys, lease.unit.entry_id, self.worker_id):
+            lease.stop(LEASE_LOST)
+
+    def _heartbeat_loop(self) -> None:
+        interval = min(fleet.HEARTBEAT_INTERVAL_S, self.lease_ms / 3000.0)
+        while not self._stop.wait(interval):
+            try:
+                self._heartbeat_once()
+            except Exception as exc:  # Redis away: the main loop reconnects; keep beating
+                log.debug("heartbeat failed: %s", exc)
+
+
+def serve(worker: SimWorker, *, burst: bool = False) -> int:
+    """Run ``worker`` until SIGTERM/SIGINT, which hand the running unit back and exit cleanly."""
+
+    def _graceful(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: handing the running unit back, then stopping", signum)
+        worker.stop()
+
+    previous = {s: signal.signal(s, _graceful) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return worker.run(burst=burst)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
