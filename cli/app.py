@@ -42,7 +42,7 @@ def _root(
 
 def _register_subcommands() -> None:
     # Imported here so that each area stays in its own module.
-    from arena_eval.cli import bench_cmd, job_cmd, policy_cmd, redis_cmd, sim_cmd
+    from arena_eval.cli import bench_cmd, job_cmd, policy_cmd, redis_cmd, sim_cmd, stack_cmd
 
     app.add_typer(redis_cmd.app, name="redis")
     app.add_typer(bench_cmd.app, name="bench")
@@ -51,6 +51,8 @@ def _register_subcommands() -> None:
     app.add_typer(sim_cmd.app, name="sim")
     for name, command in job_cmd.COMMANDS.items():
         app.command(name)(command)
+    app.command("up")(stack_cmd.up_cmd)
+    app.command("demo")(stack_cmd.demo_cmd)
 
 
 _register_subcommands()

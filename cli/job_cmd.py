@@ -97,7 +97,7 @@ def submit_cmd(
             if hint:
                 err.print(f"note: {hint}")
         return
-    final = _wait(r, keys, job_id, quiet=json_out)
+    final = wait_with_progress(r, keys, job_id, quiet=json_out)
     if json_out:
         print_json(final)
     else:
@@ -106,7 +106,7 @@ def submit_cmd(
         raise typer.Exit(1)
 
 
-def _wait(r: redis.Redis, keys: Keys, job_id: str, *, quiet: bool) -> dict[str, Any]:
+def wait_with_progress(r: redis.Redis, keys: Keys, job_id: str, *, quiet: bool) -> dict[str, Any]:
     """Poll the job until it is terminal, with a live progress bar unless ``quiet``."""
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -207,25 +207,37 @@ def results_cmd(
     if fmt == "json":
         print_json(report)
         return
-    header, rows = episode_rows(report["episodes"])
     if fmt == "csv":
+        header, rows = episode_rows(report["episodes"])
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
         return
+    print_results(report)
+
+
+def print_results(report: dict[str, Any]) -> None:
+    """One row per episode, then the task-metric means, then the headline metrics."""
+    _header, rows = episode_rows(report["episodes"])
+    shown = ("index", "seed", "success", "return", "length", "wall_s", "worker")
+    idx = [RESULT_COLUMNS.index(c) for c in shown]
+    table = Table(*shown, box=None, header_style="bold")  # every column: --format csv/json
+    for row in rows:
+        cells = [_cell(row[i]) for i in idx]
+        cells[-1] = cells[-1][-14:]
+        table.add_row(*cells)
+    console.print(table)
     m = report["metrics"]
+    means = "  ".join(f"{k}={_f(v, '{:.3g}')}" for k, v in m["metric_means"].items())
+    if means:
+        console.print(f"task metrics (episode means): {means}", highlight=False, style="dim")
     console.print(
-        f"[bold]{report['job_id']}[/] {report['state']}: {m['num_episodes']} episodes, success "
-        f"{_f(m['success_rate'])} [{_f(m['wilson_low'])}, {_f(m['wilson_high'])}], mean length "
-        f"{_f(m['mean_length'], '{:.1f}')}, mean return {_f(m['mean_return'], '{:.2f}')}",
+        f"[bold]{report['job_id']}[/] {report['state']}: {m['num_episodes']} episodes, "
+        f"[bold]success_rate {_f(m['success_rate'])}[/] (95% CI {_f(m['wilson_low'])}-"
+        f"{_f(m['wilson_high'])}), mean length {_f(m['mean_length'], '{:.1f}')}, "
+        f"mean return {_f(m['mean_return'], '{:.2f}')}",
         highlight=False,
     )
-    for name, value in m["metric_means"].items():
-        console.print(f"  mean {name}: {_f(value, '{:.4g}')}", highlight=False)
-    table = Table(*RESULT_COLUMNS)  # metric columns: see --format csv/json
-    for row in rows:
-        table.add_row(*[_cell(v) for v in row[: len(RESULT_COLUMNS)]])
-    console.print(table)
 
 
 def _cell(value: Any) -> str:

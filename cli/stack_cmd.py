@@ -1,0 +1,118 @@
+"""``arena-eval up`` and ``arena-eval demo``: a whole fabric on one machine.
+
+Both hand off to ``arena_eval.stack.LocalStack``; ``demo`` then submits the
+README's job, shows its progress and prints the results table.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+
+import typer
+
+from arena_eval.broker import jobs
+from arena_eval.broker.connection import connect
+from arena_eval.broker.jobs import JobSpec, JobState
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.status import results_report
+from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
+from arena_eval.cli.job_cmd import print_results, wait_with_progress
+from arena_eval.stack import LocalStack
+
+DEMO_TASK = "door-open-v3"
+DEMO_POOL = "demo-door"
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def up_cmd(
+    sim_workers: int = typer.Option(2, "--sim-workers", min=0, help="Sim worker processes."),
+    pool: str | None = typer.Option(None, "--pool", help="Also serve this pool..."),
+    policy: str | None = typer.Option(None, "--policy", help="...with this policy."),
+    policy_arg: list[str] = typer.Option([], "--policy-arg", help="Policy argument k=v."),
+    policy_workers: int = typer.Option(1, "--policy-workers", min=1),
+    num_envs: int | None = typer.Option(None, "--num-envs", min=1, help="Env slots per sim."),
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Start Redis (embedded unless --redis-url), workers; supervise until Ctrl-C."""
+    if bool(pool) != bool(policy):
+        raise typer.BadParameter("--pool and --policy go together")
+    settings = settings_for(redis_url)
+    stack = LocalStack(
+        settings, pool=pool, policy=policy, policy_args=policy_arg,
+        policy_workers=policy_workers, sim_workers=sim_workers, num_envs=num_envs,
+    )  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with console.status("starting workers...", spinner="dots"):
+            stack.start()
+            stack.wait_ready()
+        names = ", ".join(c.name for c in stack.children)
+        console.print(
+            f"up on {settings.with_url(stack.url).masked_url()}: {names}. "
+            "Submit jobs with `arena-eval submit`; Ctrl-C stops everything.",
+            highlight=False,
+        )
+        while True:
+            stack.supervise_once(lambda msg: console.print(msg, highlight=False))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def demo_cmd(
+    episodes: int = typer.Option(50, "--episodes", min=1, help="Episodes to evaluate."),
+    sim_workers: int = typer.Option(2, "--sim-workers", min=1),
+    num_envs: int = typer.Option(4, "--num-envs", min=1, help="Env slots per sim worker."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Evaluate Meta-World door-open-v3 with the scripted expert, end to end."""
+    settings = settings_for(redis_url)
+    stack = LocalStack(
+        settings, pool=DEMO_POOL, policy="metaworld-expert", policy_args=[f"task={DEMO_TASK}"],
+        sim_workers=sim_workers, num_envs=num_envs,
+    )  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with console.status(
+            f"starting Redis, a policy pool and {sim_workers} sim workers...", spinner="dots"
+        ):
+            stack.start()
+            stack.wait_ready()
+        r = connect(settings.with_url(stack.url))
+        keys = Keys(settings.prefix)
+        spec = JobSpec(
+            task=f"metaworld/{DEMO_TASK}", pool=DEMO_POOL, episodes=episodes,
+            num_envs=num_envs, seed=seed,
+        )  # fmt: skip
+        job_id = jobs.submit(r, keys, spec)
+        if not json_out:
+            console.print(
+                f"job [bold]{job_id}[/]: {episodes} episodes of metaworld/{DEMO_TASK} over "
+                f"{sim_workers} sim workers, policy pool '{DEMO_POOL}' (scripted expert)",
+                highlight=False,
+            )
+        final = wait_with_progress(r, keys, job_id, quiet=json_out)
+        report = results_report(r, keys, job_id)
+        if json_out:
+            print_json(report)
+        else:
+            print_results(report)
+        r.close()
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping the demo")
+        raise typer.Exit(130) from None
+    finally:
+        stack.stop()
+        signal.signal(signal.SIGTERM, previous)
+    if final["state"] != JobState.COMPLETED.value:
+        raise typer.Exit(1)
