@@ -226,7 +226,11 @@ class PolicyWorker:
             time.sleep(0.2)
             return 0
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):  # Redis lost its data (restart without AOF)
+            # NOGROUP: Redis lost its data (restart without AOF, FLUSHALL); UNBLOCKED
+            # (Redis 7): the stream was deleted under our blocking read. Recreate, go on.
+            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+                log.warning("request stream or group vanished (%s); recreating", exc)
+                self._prefetched = None
                 for stream in self.streams:
                     pool.ensure_group(self._r, stream)
                 pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)

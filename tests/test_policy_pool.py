@@ -89,6 +89,20 @@ def test_large_payload_shared_memory_and_redis_paths(
     assert worker.stats.requests == 2
 
 
+def test_worker_survives_its_streams_being_deleted(
+    settings: RedisSettings, worker: PolicyWorker, r: redis.Redis
+) -> None:
+    keys = Keys(settings.prefix)
+    with PolicyClient(POOL, settings, timeout_s=10) as client:
+        x = rows_x(2)
+        np.testing.assert_array_equal(client.infer({"x": x}, [0, 1]), expected_actions(x))
+        time.sleep(0.3)  # the worker is now blocked in XREADGROUP
+        r.delete(keys.pool_requests(POOL), keys.pool_host_requests(POOL, worker.host_id))
+        wait_until(lambda: r.exists(keys.pool_requests(POOL)), 10, "the group to be recreated")
+        np.testing.assert_array_equal(client.infer({"x": x}, [0, 1]), expected_actions(x))
+    assert not worker.stopping
+
+
 def test_pool_not_found_has_hint(settings: RedisSettings) -> None:
     with pytest.raises(PoolNotFound, match="arena-eval policy serve --pool nobody"):
         PolicyClient("nobody", settings, timeout_s=0.3)
