@@ -60,12 +60,13 @@ def _child(args: list[str], env: dict[str, str] | None = None) -> Iterator[subpr
 
 
 class _ZmqClient:
-    def __init__(self, port: int, encoding: str) -> None:
+    def __init__(self, port: int, encoding: str, *, stop_on_close: bool = True) -> None:
         import zmq
 
         from arena_eval.bench.zmq_baseline import pack, unpack
 
         self._encoding = encoding
+        self._stop_on_close = stop_on_close
         self._pack: Callable[[Any, str], bytes] = pack
         self._unpack: Callable[[Any, str], Any] = unpack
         self.ctx = zmq.Context()
@@ -78,9 +79,10 @@ class _ZmqClient:
         return reply[b"actions"]  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        self.sock.send(b"stop")
-        self.sock.recv()
-        self.sock.close()
+        if self._stop_on_close:
+            self.sock.send(b"stop")
+            self.sock.recv()
+        self.sock.close(linger=0)
         self.ctx.term()
 
 

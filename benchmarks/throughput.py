@@ -82,7 +82,7 @@ def run_throughput(
         )  # fmt: skip
         seed = _run_clients(
             clients, seconds,
-            lambda: _ZmqClient(port, "seed"),
+            lambda: _ZmqClient(port, "seed", stop_on_close=False),
             lambda c: c.infer(obs),
         )  # fmt: skip
     # each run includes a 0.5 s start-up margin; rates are per measured second

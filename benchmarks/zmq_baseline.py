@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -64,22 +65,31 @@ def unpack(data: Any, encoding: str = "raw") -> Any:
     return msgpack.unpackb(data, object_hook=hook, raw=True)
 
 
-def serve(port: int, encoding: str = "raw", action_shape: tuple[int, int] = (16, 36)) -> None:
+def zero_actions(obs: dict[bytes, np.ndarray], action_shape: tuple[int, int] = (16, 36)) -> Any:
+    rows = next(iter(obs.values())).shape[0]
+    return np.zeros((rows, *action_shape), np.float32)
+
+
+def serve(
+    port: int,
+    encoding: str = "raw",
+    *,
+    host: str = "127.0.0.1",
+    policy: Callable[[dict[bytes, np.ndarray]], Any] = zero_actions,
+) -> None:
+    """Answer one request at a time, like the seed's server, until a b"stop" message."""
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.REP)
-    sock.bind(f"tcp://127.0.0.1:{port}")
+    sock.bind(f"tcp://{host}:{port}")
     while True:
         frame = sock.recv(copy=False)
         if frame.bytes[:4] == b"stop":
             sock.send(b"bye")
             break
-        request = unpack(frame.buffer, encoding)
-        obs = request[b"obs"]
-        rows = next(iter(obs.values())).shape[0]
-        actions = np.zeros((rows, *action_shape), np.float32)
-        sock.send(pack({b"actions": actions}, encoding), copy=False)
+        obs = unpack(frame.buffer, encoding)[b"obs"]
+        sock.send(pack({b"actions": np.asarray(policy(obs))}, encoding), copy=False)
     sock.close()
     ctx.term()
 

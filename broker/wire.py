@@ -13,10 +13,12 @@ instead of two, which is most of the fabric's overhead for small payloads.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from redis.connection import AbstractConnection
 
 Buffer = bytes | bytearray | memoryview
@@ -107,3 +109,35 @@ def execute_chain(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -
             else:
                 raise
     return replies
+
+
+class DedicatedConnection:
+    """One connection borrowed from a client's pool and kept for command chains.
+
+    Chains (``XADD`` + ``XREAD BLOCK``, replies + ``XREADGROUP BLOCK``) must
+    read their replies from the socket they were written to, so they cannot go
+    through the pool command by command. After a socket error, ``drop()``
+    discards the connection; the next ``get()`` opens a fresh one.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._pool = client.connection_pool
+        self._conn: AbstractConnection | None = None
+
+    def get(self) -> AbstractConnection:
+        if self._conn is None:
+            self._conn = self._pool.get_connection()
+        return self._conn
+
+    def drop(self) -> None:
+        """Disconnect (the socket state is unknown) and give the connection back."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.disconnect()
+        self.release()
+
+    def release(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._pool.release(self._conn)  # type: ignore[arg-type]
+            self._conn = None

@@ -8,11 +8,10 @@ deregisters from the pool and returns, so the process exits 0.
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Mapping
-from types import FrameType
 
 from arena_eval.broker.settings import RedisSettings
+from arena_eval.broker.signals import stop_on_signals
 from arena_eval.policy_worker.registry import load_policy
 from arena_eval.policy_worker.server import PolicyWorker, WorkerStats
 
@@ -50,14 +49,5 @@ def build_worker(
 
 def serve(worker: PolicyWorker, *, burst: bool = False) -> WorkerStats:
     """Serve until SIGTERM/SIGINT (or, with ``burst``, until the queue is empty)."""
-
-    def _graceful(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: finishing the batch in flight, then stopping", signum)
-        worker.stop()
-
-    previous = {s: signal.signal(s, _graceful) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(worker.stop, "finishing the batch in flight"):
         return worker.run(burst=burst)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

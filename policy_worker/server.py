@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import redis
-from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -56,7 +55,7 @@ from arena_eval.broker.protocol import (
 )
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
-from arena_eval.broker.wire import Arg, execute_chain
+from arena_eval.broker.wire import Arg, DedicatedConnection, execute_chain
 from arena_eval.policy_worker.policy import Policy
 
 log = logging.getLogger("arena_eval.policy_worker")
@@ -163,7 +162,7 @@ class PolicyWorker:
         self._next_claim = 0.0
         self._recent_clients: dict[str, float] = {}
         self._expire_set: dict[str, float] = {}
-        self._conn: AbstractConnection | None = None
+        self._conn = DedicatedConnection(self._r)
         self._prefetched: list[Pending] | None = None
         self._hb_thread: threading.Thread | None = None
         self._registered = False
@@ -209,7 +208,7 @@ class PolicyWorker:
                 with contextlib.suppress(Exception):
                     self._handle(leftover)
             self.deregister()
-            self._drop_connection()
+            self._conn.drop()
             self.policy.close()
         return self.stats
 
@@ -222,7 +221,7 @@ class PolicyWorker:
                 self._prefetched = self._handle(items)
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
             log.warning("lost Redis (%s); reconnecting", exc)
-            self._drop_connection()
+            self._conn.drop()
             time.sleep(0.2)
             return 0
         except ResponseError as exc:
@@ -238,19 +237,6 @@ class PolicyWorker:
             raise
         return len(items)
 
-    def _connection(self) -> AbstractConnection:
-        if self._conn is None:
-            self._conn = self._r.connection_pool.get_connection()
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.disconnect()
-            with contextlib.suppress(Exception):
-                self._r.connection_pool.release(self._conn)  # type: ignore[arg-type]
-            self._conn = None
-
     # -- reading -------------------------------------------------------------
     def _read_command(self, count: int, block_ms: int | None) -> list[Arg]:
         cmd: list[Arg] = ["XREADGROUP", "GROUP", POLICY_GROUP, self.worker_id, "COUNT", count]
@@ -259,7 +245,7 @@ class PolicyWorker:
         return [*cmd, "STREAMS", *self.streams, *([">"] * len(self.streams))]
 
     def _read(self, count: int, block_ms: int | None) -> list[Pending]:
-        (resp,) = execute_chain(self._connection(), [self._read_command(count, block_ms)])
+        (resp,) = execute_chain(self._conn.get(), [self._read_command(count, block_ms)])
         return self._parse_read(resp)
 
     def _parse_read(self, resp: Any) -> list[Pending]:
@@ -504,7 +490,7 @@ class PolicyWorker:
         read_next = not self._stop.is_set()
         if read_next:
             commands.append(self._read_command(self.max_batch, self.block_ms))
-        results = execute_chain(self._connection(), commands)
+        results = execute_chain(self._conn.get(), commands)
         for result in results[:-1] if read_next else results:
             if isinstance(result, ResponseError):
                 log.warning("reply/ack command failed: %s", result)

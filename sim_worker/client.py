@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import redis
-from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -55,7 +54,7 @@ from arena_eval.broker.protocol import (
 )
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
-from arena_eval.broker.wire import Arg, Parts, execute_chain
+from arena_eval.broker.wire import Arg, DedicatedConnection, Parts, execute_chain
 
 #: Requests at least this large use shared memory when a local worker exists.
 SHM_MIN_BYTES = 64 * 1024
@@ -105,7 +104,7 @@ class PolicyClient:
         self._host_id = shm.host_id()
         self._host_stream = self.keys.pool_host_requests(pool, self._host_id)
         self._last_reply_id: bytes = b"0-0"
-        self._conn: AbstractConnection | None = None
+        self._conn = DedicatedConnection(self._r)
         self._slots: list[shm.SlotWriter] = []
         self._slot_turn = 0
         self._route_checked = 0.0
@@ -219,9 +218,9 @@ class PolicyClient:
                  self.reply_key, self._last_reply_id]
             )  # fmt: skip
             try:
-                results = execute_chain(self._connection(), commands)
+                results = execute_chain(self._conn.get(), commands)
             except _CONNECTION_ERRORS as exc:
-                self._drop_connection()
+                self._conn.drop()
                 if time.monotonic() + backoff >= deadline:
                     raise BrokerUnavailable(
                         f"lost Redis at {self.settings.masked_url()} and could not reconnect "
@@ -278,29 +277,12 @@ class PolicyClient:
                 found = msg
         return found
 
-    # -- connection ------------------------------------------------------------
-    def _connection(self) -> AbstractConnection:
-        if self._conn is None:
-            self._conn = self._r.connection_pool.get_connection()
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.disconnect()
-            with contextlib.suppress(Exception):
-                self._r.connection_pool.release(self._conn)  # type: ignore[arg-type]
-            self._conn = None
-
     def close(self) -> None:
         """Release the connection, delete the reply stream and the shm slots."""
         for slot in self._slots:
             slot.close()
         self._slots = []
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._r.connection_pool.release(self._conn)  # type: ignore[arg-type]
-            self._conn = None
+        self._conn.release()
         with contextlib.suppress(Exception):
             self._r.delete(self.reply_key)
 

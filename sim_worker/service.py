@@ -27,13 +27,11 @@ import contextlib
 import enum
 import logging
 import os
-import signal
 import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import redis
@@ -46,6 +44,7 @@ from arena_eval.broker.errors import BrokerUnavailable
 from arena_eval.broker.jobs import Job, JobNotFound, JobSpec
 from arena_eval.broker.keys import SIM_GROUP, Keys
 from arena_eval.broker.settings import RedisSettings
+from arena_eval.broker.signals import stop_on_signals
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.broker.units import WorkUnit
 from arena_eval.sim_worker.chunking import ChunkedPolicy
@@ -398,17 +397,8 @@ class SimWorker:
 
 def serve(worker: SimWorker, *, burst: bool = False) -> int:
     """Run ``worker`` until SIGTERM/SIGINT, which hand the running unit back and exit cleanly."""
-
-    def _graceful(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: handing the running unit back, then stopping", signum)
-        worker.stop()
-
-    previous = {s: signal.signal(s, _graceful) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with stop_on_signals(worker.stop, "handing the running unit back"):
         return worker.run(burst=burst)
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _describe(exc: BaseException) -> str:
