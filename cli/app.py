@@ -6,6 +6,8 @@ into one readable line on stderr and exit status 1, instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sys
 
 import typer
@@ -74,12 +76,20 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, _click_exceptions()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if isinstance(exc, typer.Abort):
             err_console.print("aborted")
             sys.exit(1)
         raise
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """``ClickException``: recent Typer vendors click as ``typer._click`` (and click need not be
+    installed at all); older Typer raises click's own."""
+    found: list[type[Exception]] = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError, AttributeError):
+            found.append(importlib.import_module(module).ClickException)
+    return tuple(found)

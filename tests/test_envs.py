@@ -3,6 +3,9 @@
 The properties that matter to the fabric: partial resets touch only their slots; an episode is a
 function of its seed (and the actions) whatever the slot ran before; success ends a Meta-World
 episode; a finished slot stays finished until reset; observations match the declared spec.
+
+Each test asks for the simulator it runs (the ``needs_*`` fixtures, the ``toy`` torch env), so
+that without the [sim] or [policy] extra it is skipped, and the rest of the module still runs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")  # before anything imports mujoco
 
@@ -30,7 +34,6 @@ from arena_eval.sim_worker.envs import (
     make_env,
 )
 from arena_eval.sim_worker.envs.errors import require
-from tests import batched_toy_env
 
 pytestmark = pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")
 
@@ -53,6 +56,26 @@ class Episode:
 
     def states(self, key: str = "state") -> np.ndarray:
         return np.stack([o[key] for o in self.obs])
+
+
+@pytest.fixture
+def needs_gym() -> None:
+    pytest.importorskip("gymnasium")
+
+
+@pytest.fixture
+def needs_metaworld() -> None:
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("metaworld")
+
+
+@pytest.fixture
+def toy() -> ModuleType:
+    """``tests.batched_toy_env``: a torch env, so its tests need the [policy] extra."""
+    pytest.importorskip("torch")
+    from tests import batched_toy_env
+
+    return batched_toy_env
 
 
 def _row(obs: ObsDict, i: int) -> ObsDict:
@@ -138,6 +161,8 @@ def assert_matches_spec(env: VectorEnv, obs: ObsDict) -> None:
 @pytest.fixture(scope="module")
 def fresh_door_episodes() -> dict[int, Episode]:
     """Seeds 5, 6, 7 each on a brand-new single-slot env: the reference outcomes."""
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("metaworld")
     out: dict[int, Episode] = {}
     for seed in (5, 6, 7):
         with make_env(DOOR, 1, seed=100 + seed) as env:
@@ -148,6 +173,7 @@ def fresh_door_episodes() -> dict[int, Episode]:
 # --------------------------------------------------------------------------- Meta-World
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_same_slot_reproduces_fresh_envs(fresh_door_episodes: dict[int, Episode]) -> None:
     with make_env(DOOR, 1, seed=42) as env:
         reused = run_schedule(env, [[5, 6, 7]], metaworld_expert())
@@ -157,6 +183,7 @@ def test_metaworld_same_slot_reproduces_fresh_envs(fresh_door_episodes: dict[int
     assert len(lengths) > 1, "seeds should give different episodes"
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 @pytest.mark.parametrize("schedule", [[[7], [5], [6]], [[6, 5], [7], []], [[5, 7, 6], [], []]])
 def test_metaworld_any_slot_any_order(
     fresh_door_episodes: dict[int, Episode], schedule: list[list[int]]
@@ -167,6 +194,7 @@ def test_metaworld_any_slot_any_order(
         assert_same(got[seed], fresh_door_episodes[seed])
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 @pytest.mark.parametrize("task", ["pick-place-v3", "assembly-v3", "drawer-open-v3"])
 def test_metaworld_slot_reuse_other_tasks(task: str) -> None:
     """Tasks with other reset code (free objects, pegs, drawers), under seeded random actions."""
@@ -183,6 +211,7 @@ def test_metaworld_slot_reuse_other_tasks(task: str) -> None:
     assert_same(fresh, reused)
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_reset_seed_fixes_goal_and_objects() -> None:
     with make_env(DOOR, 2) as env:
         a = env.reset([0, 1], [3, 3])["state"]
@@ -193,6 +222,7 @@ def test_metaworld_reset_seed_fixes_goal_and_objects() -> None:
         assert not np.array_equal(b[1][4:7], a[1][4:7])  # another door position
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_expert_succeeds_and_terminates() -> None:
     with make_env(DOOR, 5) as env:
         assert env.action_dim() == 4
@@ -203,6 +233,7 @@ def test_metaworld_expert_succeeds_and_terminates() -> None:
         assert ep.obs[0]["state"].shape == (39,)
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_done_slot_stays_done_until_reset() -> None:
     with make_env(DOOR, 2) as env:
         act = metaworld_expert()
@@ -226,6 +257,7 @@ def test_metaworld_done_slot_stays_done_until_reset() -> None:
         assert not again.done[0]
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_truncates_at_max_steps_and_beyond_horizon() -> None:
     with make_env(DOOR, 2, max_steps=20) as env:
         assert_matches_spec(env, env.reset([0, 1], [1, 2]))
@@ -239,6 +271,7 @@ def test_metaworld_truncates_at_max_steps_and_beyond_horizon() -> None:
         assert result.truncated[0]
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_async_matches_sync(fresh_door_episodes: dict[int, Episode]) -> None:
     with make_env(DOOR, 2, vectorization="async") as env:
         got = run_schedule(env, [[6], [5, 7]], metaworld_expert())
@@ -246,6 +279,7 @@ def test_metaworld_async_matches_sync(fresh_door_episodes: dict[int, Episode]) -
         assert_same(got[seed], fresh_door_episodes[seed])
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_camera() -> None:
     with make_env(DOOR, 2, camera="corner", image_size=224) as env:
         spec = env.observation_spec()
@@ -262,6 +296,7 @@ def test_metaworld_camera() -> None:
         make_env(DOOR, 1, camera="nope")
 
 
+@pytest.mark.usefixtures("needs_metaworld")
 def test_expert_policy_lookup() -> None:
     policy = expert_policy_for("metaworld/door-open-v3")
     assert type(policy).__name__ == "SawyerDoorOpenV3Policy"
@@ -285,6 +320,7 @@ def vectorization(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.mark.usefixtures("needs_gym")
 def test_cartpole_partial_reset_and_latch(vectorization: str) -> None:
     with make_env("CartPole-v1", 3, vectorization=vectorization) as env:
         assert env.action_dim() == 1
@@ -314,6 +350,7 @@ def test_cartpole_partial_reset_and_latch(vectorization: str) -> None:
         assert result.done.tolist() == [True, True, False] and result.reward[2] == 1.0
 
 
+@pytest.mark.usefixtures("needs_gym")
 def test_cartpole_determinism_across_slots_and_vectorization(vectorization: str) -> None:
     fresh = {}
     for seed in (3, 4, 5):
@@ -325,6 +362,7 @@ def test_cartpole_determinism_across_slots_and_vectorization(vectorization: str)
         assert_same(got[seed], fresh[seed])
 
 
+@pytest.mark.usefixtures("needs_gym")
 def test_cartpole_time_limits() -> None:
     with make_env("CartPole-v1", 2, max_steps=7) as env:
         for i in range(7):
@@ -343,12 +381,8 @@ def test_cartpole_time_limits() -> None:
 # --------------------------------------------------------------------------- batched tensor env
 
 
-def toy_policy(obs: ObsDict) -> np.ndarray:
-    return batched_toy_env.expert(obs)
-
-
-def test_tensor_adapter_conversion_and_spec() -> None:
-    env = TensorEnvAdapter(batched_toy_env.PointMassReach(4), seed=0)
+def test_tensor_adapter_conversion_and_spec(toy: ModuleType) -> None:
+    env = TensorEnvAdapter(toy.PointMassReach(4), seed=0)
     spec = env.observation_spec()
     assert set(spec) == {"policy/pos", "policy/to_goal", "privileged", "step"}
     assert spec["policy/pos"].dtype == "float32" and spec["policy/pos"].shape == (2,)
@@ -367,8 +401,8 @@ def test_tensor_adapter_conversion_and_spec() -> None:
     assert env._env.closed  # type: ignore[attr-defined]
 
 
-def test_tensor_adapter_partial_reset_latch_and_determinism() -> None:
-    inner = batched_toy_env.PointMassReach(3)
+def test_tensor_adapter_partial_reset_latch_and_determinism(toy: ModuleType) -> None:
+    inner = toy.PointMassReach(3)
     env = TensorEnvAdapter(inner, seed=0)
     obs = env.reset([0, 1, 2], [1, 2, 3])
     before = {k: v.copy() for k, v in obs.items()}
@@ -377,17 +411,17 @@ def test_tensor_adapter_partial_reset_latch_and_determinism() -> None:
         np.testing.assert_array_equal(obs[key][:2], before[key][:2])
     fresh = {}
     for seed in (1, 2, 3, 7):
-        single = TensorEnvAdapter(batched_toy_env.PointMassReach(1), seed=seed)
-        fresh[seed] = run_schedule(single, [[seed]], toy_policy)[seed]
+        single = TensorEnvAdapter(toy.PointMassReach(1), seed=seed)
+        fresh[seed] = run_schedule(single, [[seed]], toy.expert)[seed]
         assert fresh[seed].success and fresh[seed].terminated
-    got = run_schedule(env, [[3, 1], [7], [2]], toy_policy)
+    got = run_schedule(env, [[3, 1], [7], [2]], toy.expert)
     assert inner.autoresets >= 4  # the env autoreset finished slots; the adapter hid it
     for seed in (1, 2, 3, 7):
         assert_same(got[seed], fresh[seed])
 
 
-def test_tensor_adapter_frozen_rows_and_max_steps() -> None:
-    env = TensorEnvAdapter(batched_toy_env.PointMassReach(2), max_steps=5)
+def test_tensor_adapter_frozen_rows_and_max_steps(toy: ModuleType) -> None:
+    env = TensorEnvAdapter(toy.PointMassReach(2), max_steps=5)
     env.reset([0, 1], [0, 1])
     still = np.zeros((2, 2))
     for _ in range(5):
@@ -402,8 +436,8 @@ def test_tensor_adapter_frozen_rows_and_max_steps() -> None:
     assert not env.step(still).truncated[1]
 
 
-def test_tensor_adapter_hides_autoreset_without_final_obs() -> None:
-    inner = batched_toy_env.PointMassReach(2, episode_length=4, final_obs=False)
+def test_tensor_adapter_hides_autoreset_without_final_obs(toy: ModuleType) -> None:
+    inner = toy.PointMassReach(2, episode_length=4, final_obs=False)
     env = TensorEnvAdapter(inner)
     env.reset([0, 1], [0, 1])
     for _ in range(4):
@@ -417,10 +451,10 @@ def test_tensor_adapter_hides_autoreset_without_final_obs() -> None:
         assert later.truncated.all() and (later.reward == 0).all()
 
 
-def test_py_factory_task() -> None:
+def test_py_factory_task(toy: ModuleType) -> None:
     env = make_env("py:tests.batched_toy_env:make", 3, seed=5, max_steps=50)
     assert isinstance(env, TensorEnvAdapter) and env.num_envs == 3
-    episodes = run_schedule(env, [[0], [1], [2]], toy_policy)
+    episodes = run_schedule(env, [[0], [1], [2]], toy.expert)
     assert all(ep.success for ep in episodes.values())
     env.close()
 
@@ -428,6 +462,7 @@ def test_py_factory_task() -> None:
 # --------------------------------------------------------------------------- factory errors
 
 
+@pytest.mark.usefixtures("needs_metaworld", "toy")
 def test_factory_errors() -> None:
     with pytest.raises(UnknownTask, match=r"metaworld/<task>.*gym/<EnvId>.*py:"):
         make_env("not-a-task", 1)
@@ -450,6 +485,7 @@ def test_factory_errors() -> None:
         make_env("CartPole-v1", 0)
 
 
+@pytest.mark.usefixtures("needs_gym")
 def test_bad_reset_and_step_arguments() -> None:
     with make_env("CartPole-v1", 2) as env:
         with pytest.raises(ValueError, match="duplicates"):

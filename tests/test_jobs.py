@@ -33,9 +33,16 @@ from arena_eval.policy_worker.server import PolicyWorker
 from arena_eval.sim_worker.service import SimWorker
 from tests.worker_procs import Procs, procs, wait_until
 
+pytest.importorskip("gymnasium")  # every job here runs CartPole or Meta-World: the [sim] extra
+
 TASK = "metaworld/door-open-v3"
 EXPERT = ("--policy", "metaworld-expert", "--policy-arg", "task=door-open-v3")
 POOL = "expert"
+
+
+@pytest.fixture
+def needs_metaworld() -> None:
+    pytest.importorskip("metaworld")
 
 
 @pytest.fixture
@@ -97,6 +104,7 @@ def mw_args(episodes: int, *extra: str) -> tuple[str, ...]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
 def test_metaworld_job_on_two_sim_workers(
     settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs
 ) -> None:
@@ -118,6 +126,7 @@ def test_metaworld_job_on_two_sim_workers(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
 def test_one_or_three_sim_workers_give_identical_episodes(
     settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs
 ) -> None:
@@ -138,6 +147,7 @@ def test_one_or_three_sim_workers_give_identical_episodes(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
 def test_kill_9_of_a_sim_worker_mid_unit(
     settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs
 ) -> None:
@@ -169,6 +179,7 @@ def test_kill_9_of_a_sim_worker_mid_unit(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
 def test_cancel_stops_a_running_job(
     settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs
 ) -> None:
@@ -200,6 +211,7 @@ def test_cancel_stops_a_running_job(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
 def test_spec_mismatch_fails_fast_with_a_readable_reason(
     settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs
 ) -> None:

@@ -127,9 +127,13 @@ def test_spec_mismatch_raised_before_sending(
     assert r.xinfo_stream(keys.pool_requests(POOL))["last-generated-id"] in (b"0-0", "0-0")
 
 
-def test_incompatible_worker_is_refused(settings: RedisSettings, worker: PolicyWorker) -> None:
+def test_incompatible_worker_is_refused(
+    settings: RedisSettings, r: redis.Redis, worker: PolicyWorker
+) -> None:
     from arena_eval.policy_worker.registry import load_policy
 
+    # the fixture's worker registers in its thread: under load, it may not have yet
+    wait_until(lambda: live_workers(r, Keys(settings.prefix), POOL), 10, "the first worker")
     other = PolicyWorker(POOL, load_policy("zero", {"action_shape": "16x36"}), settings)
     with pytest.raises(SpecMismatch, match=r"cannot join pool 'echo'.*action_shape"):
         other.register()

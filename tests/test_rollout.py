@@ -17,6 +17,8 @@ from arena_eval.sim_worker.client import PolicyClient
 from arena_eval.sim_worker.envs import make_env
 from arena_eval.sim_worker.rollout import RolloutStats, run_episodes
 
+pytest.importorskip("gymnasium")  # CartPole: the [sim] extra
+
 POOL = "zero-cartpole"
 TASK = "CartPole-v1"  # Discrete(2): one action column; zero actions topple it in ~10 steps
 

@@ -1,0 +1,85 @@
+"""The built wheel: one top-level package, every source module in it, the entry points declared.
+
+The source tree maps its folders (``broker/``, ``cli/``, ...) onto ``arena_eval.*`` with
+``package-dir``, and lists the packages by hand, so a wheel that also installs a top-level
+``broker`` or ``cli``, or one that silently drops a new module, would still import from the
+source tree: only building the wheel shows it. The build is offline (no build isolation: the
+[dev] extra brings setuptools and wheel) and works on a copy of the tree, so it neither writes
+``build/`` into the checkout nor picks up stale files from one there.
+"""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from arena_eval.policy_worker.registry import BUILTIN_POLICIES, ENTRY_POINT_GROUP
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[zipfile.ZipFile]:
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
+    ignore = shutil.ignore_patterns(
+        ".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache", ".hypothesis", ".venv"
+    )
+    shutil.copytree(REPO, src, ignore=ignore)
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(tmp / "dist"), str(src)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (path,) = (tmp / "dist").glob("arena_eval-*.whl")
+    with zipfile.ZipFile(path) as zf:
+        yield zf
+
+
+def test_wheel_installs_only_the_arena_eval_package(wheel: zipfile.ZipFile) -> None:
+    names = wheel.namelist()
+    top = {name.split("/")[0] for name in names}
+    (dist_info,) = (t for t in top if t.endswith(".dist-info"))
+    assert top == {"arena_eval", dist_info}, sorted(top)
+    assert "arena_eval/py.typed" in names
+
+
+def test_wheel_has_every_source_module(wheel: zipfile.ZipFile) -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = set(setuptools["packages"])
+    names = set(wheel.namelist())
+    for package, folder in setuptools["package-dir"].items():
+        assert package in packages, f"package-dir maps {package!r}, but packages omits it"
+        root = REPO / folder
+        for module in root.glob("*.py"):
+            assert f"{package.replace('.', '/')}/{module.name}" in names, module
+        for sub in root.iterdir():  # a new subpackage must be listed, or it is left out
+            if (sub / "__init__.py").is_file():
+                assert f"{package}.{sub.name}" in packages, f"{sub} is not in packages"
+
+
+def test_wheel_declares_entry_points(wheel: zipfile.ZipFile) -> None:
+    (path,) = (n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    entry_points = configparser.ConfigParser(delimiters=("=",))
+    entry_points.optionxform = str  # type: ignore[assignment,method-assign]
+    entry_points.read_string(wheel.read(path).decode())
+    assert entry_points["console_scripts"]["arena-eval"] == "arena_eval.cli.app:main"
+    assert dict(entry_points[ENTRY_POINT_GROUP]) == dict(BUILTIN_POLICIES)
+
+
+def test_console_script_reports_usage_errors_without_a_traceback() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "arena_eval.cli", "no-such-command"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "No such command" in out.stderr and "Traceback" not in out.stderr
