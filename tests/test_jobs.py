@@ -123,6 +123,21 @@ def test_metaworld_job_on_two_sim_workers(
     assert s["steps"] >= sum(e["length"] for e in report["episodes"])
     assert s["requests"] > 0 and s["round_trip_p50_ms"] is not None
     assert s["round_trip_p99_ms"] >= s["round_trip_p50_ms"] and s["mean_infer_ms"] is not None
+    # `arena-eval workers --json` lists both sim workers and the pool's policy worker
+    env = {"ARENA_REDIS_URL": settings.url or "", "ARENA_PREFIX": settings.prefix}
+    shards = len(JobSpec(TASK, POOL, 30).shards())
+
+    def listing() -> dict[str, Any] | None:
+        out = json.loads(CliRunner().invoke(app, ["workers", "--json"], env=env).stdout)
+        done = sum(w["units_done"] for w in out["sim_workers"])
+        return out if done == shards else None  # heartbeats lag by up to 0.5 s
+
+    found = wait_until(listing, 10, "workers to report every unit")
+    assert isinstance(found, dict)
+    assert len(found["sim_workers"]) == 2
+    assert all(w["heartbeat_age_s"] < 5 for w in found["sim_workers"])
+    (expert,) = [p for p in found["pools"] if p["pool"] == POOL]
+    assert len(expert["workers"]) == 1 and expert["workers"][0]["requests"] > 0
 
 
 @pytest.mark.slow

@@ -413,3 +413,66 @@ def test_redis_restart_client_and_worker_reconnect(own_server, tmp_path: Path) -
         # and again, so both sides are past the reconnect
         np.testing.assert_array_equal(client.infer({"x": x}, [0, 1]), expected_actions(x))
         assert w.stats.requests >= 3
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_batch_in_flight(
+    settings: RedisSettings, tmp_path: Path, r: redis.Redis
+) -> None:
+    keys = Keys(settings.prefix)
+    with procs(settings, tmp_path) as p:
+        worker = p.cli("policy", "serve", "--pool", POOL, "--policy", ECHO,
+                       "--policy-arg", "stall_s=2", name="graceful")  # fmt: skip
+        wait_until(lambda: live_workers(r, keys, POOL), 60, "the worker", [worker])
+        result: dict[str, object] = {}
+        x = rows_x(2)
+        x[0, 0] = STALL_MARKER  # infer takes 2 s
+
+        def ask() -> None:
+            with PolicyClient(POOL, settings, timeout_s=30) as client:
+                result["actions"] = client.infer({"x": x}, [0, 1])
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        stream = keys.pool_requests(POOL)
+        wait_until(lambda: r.xpending(stream, POLICY_GROUP)["pending"] == 1, 20, "in flight")
+        worker.send_signal(signal.SIGTERM)  # mid-infer
+        assert worker.wait(20) == 0, p.log_of(worker)
+        asker.join(20)
+    np.testing.assert_array_equal(result["actions"], expected_actions(x))  # type: ignore[arg-type]
+    assert live_workers(r, keys, POOL) == []  # deregistered
+    assert r.xpending(stream, POLICY_GROUP)["pending"] == 0
+
+
+def test_pools_cli_lists_spec_workers_and_queues(
+    settings: RedisSettings, worker: PolicyWorker, r: redis.Redis
+) -> None:
+    from typer.testing import CliRunner
+
+    from arena_eval.cli.app import app
+
+    keys = Keys(settings.prefix)
+    with PolicyClient(POOL, settings, timeout_s=10) as client:
+        for i in range(3):
+            client.infer({"x": rows_x(4, base=i)}, [0, 1, 2, 3])
+    r.xadd(keys.pool_requests(POOL), {"junk": "1"})
+    wait_until(lambda: r.xlen(keys.pool_dead(POOL)) == 1, 10, "a dead letter")
+    env = {"ARENA_REDIS_URL": settings.url or "", "ARENA_PREFIX": settings.prefix}
+    wait_until(
+        lambda: live_workers(r, keys, POOL)[0].data["requests"] == 3, 10, "heartbeat counters"
+    )
+    out = CliRunner().invoke(app, ["pools", "--json"], env=env)
+    assert out.exit_code == 0, out.output
+    (pool,) = json.loads(out.output)["pools"]
+    assert pool["pool"] == POOL and pool["spec"]["action_shape"] == [2, DIM]
+    assert pool["spec"]["observations"] == {"x": {"dtype": "float32", "shape": [DIM]}}
+    assert pool["dead_letters"] == 1 and pool["pending_requests"] == 0
+    (w,) = pool["workers"]
+    assert w["worker_id"] == worker.worker_id and w["heartbeat_age_s"] < 5
+    assert w["mean_batch_rows"] == 4.0 and w["batches_per_s"] > 0
+    table = CliRunner().invoke(app, ["pools"], env=env, terminal_width=200)
+    assert (
+        table.exit_code == 0
+        and worker.worker_id in table.output
+        and "dead_letters=1" in table.output
+    )
