@@ -93,7 +93,9 @@ def connect(
     budget = settings.retry_budget_s if retry_budget_s is None else retry_budget_s
     options: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout_s,
-        "socket_timeout": socket_timeout_s,
+        "socket_timeout": settings.socket_timeout_s
+        if socket_timeout_s is None
+        else socket_timeout_s,
         "socket_read_size": SOCKET_READ_SIZE,
         "retry": retry_policy(budget),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],

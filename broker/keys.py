@@ -76,6 +76,22 @@ class Keys:
         """STREAM of replies for one PolicyClient; deleted when the client closes."""
         return f"{self.prefix}client:{{{check_name('client', client_id)}}}:replies"
 
+    def is_reply_stream(self, key: str) -> bool:
+        """True only for keys shaped like ``reply_stream(some valid client id)``.
+
+        Workers write (XADD, EXPIRE) to the reply key named in a request; anyone
+        who can write a request must not be able to make them touch other keys.
+        """
+        head, tail = f"{self.prefix}client:{{", "}:replies"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return False
+        client_id = key[len(head) : -len(tail)]
+        return (
+            bool(client_id)
+            and len(client_id) <= 128
+            and not any(c in _FORBIDDEN for c in client_id)
+        )
+
     # -- jobs -----------------------------------------------------------------
     def jobs(self) -> str:
         """ZSET of job ids scored by submit time."""

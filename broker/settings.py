@@ -41,6 +41,9 @@ class RedisSettings:
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     connect_timeout_s: float = 5.0
+    #: Longest silence tolerated on a socket read (blocking reads use less). A link that
+    #: goes silent (dropped by a firewall, host gone without a reset) fails after this.
+    socket_timeout_s: float = 15.0
     #: How long a client keeps reconnecting (with backoff) before giving up.
     retry_budget_s: float = 30.0
 

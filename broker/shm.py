@@ -21,10 +21,12 @@ exchange tickets.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import struct
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +101,9 @@ class SlotWriter:
         self.name = f"{_SLOT_PREFIX}{os.getpid()}-{owner}-{index}"
         self.path = SHM_DIR / self.name
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Held for the slot's life: a sweeper that can take the lock knows we are gone,
+        # even from another PID namespace (containers sharing /dev/shm).
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._map: mmap.mmap | None = None
         self._capacity = 0
         self._generation = 0
@@ -146,17 +151,26 @@ class SlotWriter:
 
 
 class SlotReader:
-    """Maps slot files by name (cached) and hands out zero-copy views of payloads."""
+    """Maps slot files by name (an LRU cache) and hands out zero-copy views of payloads.
+
+    The cache is bounded, and slots found gone are forgotten, so a long-lived
+    worker does not keep the memory of every client it ever served mapped.
+    """
+
+    MAX_MAPS = 64
 
     def __init__(self) -> None:
-        self._maps: dict[str, mmap.mmap] = {}
+        self._maps: OrderedDict[str, mmap.mmap] = OrderedDict()
 
     def _map(self, name: str, need: int) -> mmap.mmap:
         mm = self._maps.get(name)
+        if mm is not None:
+            self._maps.move_to_end(name)
         if mm is None or len(mm) < need:
             try:
                 fd = os.open(SHM_DIR / name, os.O_RDONLY)
             except FileNotFoundError:
+                self._maps.pop(name, None)
                 raise ShmError(f"shared-memory slot {name} is gone (its client exited)") from None
             try:
                 size = os.fstat(fd).st_size
@@ -166,6 +180,9 @@ class SlotReader:
             finally:
                 os.close(fd)
             self._maps[name] = mm  # an older, smaller map is freed once no array uses it
+            self._maps.move_to_end(name)
+            while len(self._maps) > self.MAX_MAPS:
+                self._maps.popitem(last=False)  # unmapped once no decoded array uses it
         return mm
 
     def view(self, ticket: Ticket) -> memoryview:
@@ -192,21 +209,23 @@ class SlotReader:
 
 
 def sweep_orphans() -> int:
-    """Remove slot files whose writer process no longer exists; return how many."""
+    """Remove slot files whose writer is gone (nobody holds their lock); return how many."""
     if not available():
         return 0
     removed = 0
     for path in SHM_DIR.glob(f"{_SLOT_PREFIX}*"):
         try:
-            pid = int(path.name[len(_SLOT_PREFIX) :].split("-", 1)[0])
-        except ValueError:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
             continue
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer holds it
+        else:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed += 1
-        except PermissionError:
-            pass
+        finally:
+            os.close(fd)
     return removed

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import AbstractConnection
+from redis.retry import Retry
 
 Buffer = bytes | bytearray | memoryview
 
@@ -89,13 +91,23 @@ def coalesce(commands: Sequence[Sequence[Arg]]) -> list[Buffer]:
     return out
 
 
-def execute_chain(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+def execute_chain(
+    conn: AbstractConnection, commands: Sequence[Sequence[Arg]], *, timeout_s: float | None = None
+) -> list[Any]:
     """Send several commands in one write and read all their replies, in order.
 
     Error replies are returned as exception instances, not raised, so that the
     socket is always drained; socket errors propagate and the caller must
-    disconnect the connection.
+    disconnect the connection. ``timeout_s`` bounds each socket read of the
+    chain (a blocking command's BLOCK time plus a margin), so a link that goes
+    silent raises TimeoutError instead of hanging for ever.
     """
+    if timeout_s is not None:
+        if getattr(conn, "_sock", None) is None:
+            _connect_within(conn, timeout_s)
+        sock = getattr(conn, "_sock", None)
+        if sock is not None:
+            sock.settimeout(max(0.05, timeout_s))
     conn.send_packed_command(coalesce(commands), check_health=False)
     replies: list[Any] = []
     for _ in commands:
@@ -111,33 +123,43 @@ def execute_chain(conn: AbstractConnection, commands: Sequence[Sequence[Arg]]) -
     return replies
 
 
+def _connect_within(conn: AbstractConnection, timeout_s: float) -> None:
+    """Connect, with the handshake (AUTH/HELLO) bounded by ``timeout_s`` too."""
+    saved = conn.socket_timeout
+    conn.socket_timeout = timeout_s if saved is None else min(saved, timeout_s)
+    try:
+        conn.connect()
+    finally:
+        conn.socket_timeout = saved
+
+
 class DedicatedConnection:
-    """One connection borrowed from a client's pool and kept for command chains.
+    """A connection of its own, with the client's settings, kept for command chains.
 
     Chains (``XADD`` + ``XREAD BLOCK``, replies + ``XREADGROUP BLOCK``) must
     read their replies from the socket they were written to, so they cannot go
-    through the pool command by command. After a socket error, ``drop()``
-    discards the connection; the next ``get()`` opens a fresh one.
+    through the pool command by command. The connection is made lazily and
+    without redis-py's own retries: the owner's loop retries with backoff
+    within *its* deadline, and ``execute_chain(timeout_s=...)`` bounds the
+    handshake. After a socket error, ``drop()`` discards it.
     """
 
     def __init__(self, client: redis.Redis) -> None:
-        self._pool = client.connection_pool
+        pool = client.connection_pool
+        kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+        self._factory = lambda: pool.connection_class(**kwargs)
         self._conn: AbstractConnection | None = None
 
     def get(self) -> AbstractConnection:
         if self._conn is None:
-            self._conn = self._pool.get_connection()
+            self._conn = self._factory()
         return self._conn
 
     def drop(self) -> None:
-        """Disconnect (the socket state is unknown) and give the connection back."""
+        """Disconnect (the socket state is unknown); the next ``get()`` starts afresh."""
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.disconnect()
-        self.release()
-
-    def release(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._pool.release(self._conn)  # type: ignore[arg-type]
             self._conn = None
+
+    release = drop

@@ -65,6 +65,8 @@ REPLY_STREAM_TTL_S = 600
 DEAD_STREAM_MAXLEN = 10_000
 _POLL_S = 0.0002
 _ACTIVE_CLIENT_S = 1.0
+_READ_MARGIN_S = 5.0
+_SWEEP_S = 60.0
 
 
 @dataclass
@@ -131,6 +133,7 @@ class PolicyWorker:
         max_deliveries: int = 3,
         worker_id: str | None = None,
         block_ms: int = 200,
+        hung_after_s: float = 300.0,
     ) -> None:
         if max_batch < 1:
             raise ArenaEvalError(f"max_batch must be >= 1, got {max_batch}")
@@ -160,10 +163,12 @@ class PolicyWorker:
         self._reader = shm.SlotReader()
         self._stop = threading.Event()
         self._next_claim = 0.0
+        self._next_sweep = time.monotonic() + _SWEEP_S
         self._recent_clients: dict[str, float] = {}
-        self._expire_set: dict[str, float] = {}
         self._conn = DedicatedConnection(self._r)
         self._prefetched: list[Pending] | None = None
+        self._busy: tuple[float, list[Pending]] | None = None
+        self.hung_after_s = hung_after_s
         self._hb_thread: threading.Thread | None = None
         self._registered = False
 
@@ -186,6 +191,9 @@ class PolicyWorker:
         self._hb_thread.start()
 
     def deregister(self) -> None:
+        if self._hb_thread is not None:  # a late heartbeat must not re-create our key
+            self._stop.set()
+            self._hb_thread.join(5)
         if self._registered:
             with contextlib.suppress(Exception):
                 pool.deregister(self._hb_r, self.keys, self.pool, self.worker_id)
@@ -215,6 +223,9 @@ class PolicyWorker:
     def serve_once(self) -> int:
         """Read and answer at most one batch; return the number of requests handled."""
         try:
+            if time.monotonic() >= self._next_sweep:  # slots of crashed clients on this host
+                self._next_sweep = time.monotonic() + _SWEEP_S
+                shm.sweep_orphans()
             first, self._prefetched = self._prefetched, None
             items = self._reclaim_due() + self._gather(first)
             if items:
@@ -245,7 +256,11 @@ class PolicyWorker:
         return [*cmd, "STREAMS", *self.streams, *([">"] * len(self.streams))]
 
     def _read(self, count: int, block_ms: int | None) -> list[Pending]:
-        (resp,) = execute_chain(self._conn.get(), [self._read_command(count, block_ms)])
+        (resp,) = execute_chain(
+            self._conn.get(),
+            [self._read_command(count, block_ms)],
+            timeout_s=_read_timeout(block_ms),
+        )
         return self._parse_read(resp)
 
     def _parse_read(self, resp: Any) -> list[Pending]:
@@ -306,6 +321,9 @@ class PolicyWorker:
         p.rid = _text(p.fields.get(F_RID))
         p.reply = _text(p.fields.get(F_REPLY))
         try:
+            if p.reply and not self.keys.is_reply_stream(p.reply):
+                bad, p.reply = p.reply, ""  # never write to a key a request merely names
+                raise ArenaEvalError(f"reply key {bad[:200]!r} is not a client reply stream")
             if F_SHM in p.fields:
                 p.ticket = shm.Ticket.from_wire(p.fields[F_SHM])
                 payload: Any = self._reader.view(p.ticket)
@@ -361,7 +379,8 @@ class PolicyWorker:
             deliveries = counts.get(entry_id, 1)
             if deliveries > self.max_deliveries:
                 p.rid = _text(p.fields.get(F_RID))
-                p.reply = _text(p.fields.get(F_REPLY))
+                reply = _text(p.fields.get(F_REPLY))
+                p.reply = reply if self.keys.is_reply_stream(reply) else ""
                 p.error = (
                     f"request delivered {deliveries} times without an answer "
                     f"(max {self.max_deliveries}): workers crashed or hung while serving it"
@@ -387,7 +406,11 @@ class PolicyWorker:
                 done.append(p)
         replies: list[tuple[Pending, dict[str, Any]]] = []
         if good:
-            replies.extend(self._infer_batch(good))
+            self._busy = (time.monotonic(), good)  # the heartbeat thread renews these
+            try:
+                replies.extend(self._infer_batch(good))
+            finally:
+                self._busy = None
         return self._finish(replies, done + good)
 
     def _infer_batch(self, batch: list[Pending]) -> list[tuple[Pending, dict[str, Any]]]:
@@ -490,7 +513,9 @@ class PolicyWorker:
         read_next = not self._stop.is_set()
         if read_next:
             commands.append(self._read_command(self.max_batch, self.block_ms))
-        results = execute_chain(self._conn.get(), commands)
+        results = execute_chain(
+            self._conn.get(), commands, timeout_s=_read_timeout(self.block_ms if read_next else 0)
+        )
         for result in results[:-1] if read_next else results:
             if isinstance(result, ResponseError):
                 log.warning("reply/ack command failed: %s", result)
@@ -505,14 +530,9 @@ class PolicyWorker:
             ["XADD", reply_key, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*",
              F_DATA, codec.dumps(msg, compression="off")]
         )  # fmt: skip
-        now = time.monotonic()
-        if now - self._expire_set.get(reply_key, -1e9) > REPLY_STREAM_TTL_S / 10:
-            commands.append(
-                ["EXPIRE", reply_key, REPLY_STREAM_TTL_S]
-            )  # crashed clients' streams go away
-            self._expire_set[reply_key] = now
-            if len(self._expire_set) > 10_000:
-                self._expire_set.clear()
+        # Every time, in the same write: a reply that recreates the stream of a client that
+        # already closed (a late duplicate) must not leave a key without a TTL.
+        commands.append(["EXPIRE", reply_key, REPLY_STREAM_TTL_S])
 
     # -- heartbeat -------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -526,16 +546,45 @@ class PolicyWorker:
             "max_batch": self.max_batch,
             "max_wait_ms": self.max_wait_ms,
             "state": "stopping" if self._stop.is_set() else "serving",
+            # seconds inside the current infer call: a large value means slow or hung
+            "busy_s": round(time.monotonic() - busy[0], 2) if (busy := self._busy) else 0.0,
             **self.stats.as_dict(),
         }
         pool.heartbeat(self._hb_r, self.keys, self.pool, self.worker_id, data)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(pool.HEARTBEAT_INTERVAL_S):
+        tick = min(pool.HEARTBEAT_INTERVAL_S, self.claim_idle_ms / 3000.0)
+        last_beat = time.monotonic()
+        while not self._stop.wait(tick):
             try:
-                self._heartbeat()
+                self._renew_in_flight()
+                if time.monotonic() - last_beat >= pool.HEARTBEAT_INTERVAL_S:
+                    self._heartbeat()
+                    last_beat = time.monotonic()
             except Exception as exc:  # Redis away: the main loop reconnects; keep trying
                 log.debug("heartbeat failed: %s", exc)
+
+    def _renew_in_flight(self) -> None:
+        """Keep requests in a long ``infer`` from looking abandoned to other workers.
+
+        XCLAIM ... JUSTID by their owner resets their idle time without counting a
+        delivery, so a slow but healthy forward pass is never reclaimed and
+        dead-lettered under it. After ``hung_after_s`` the worker counts as hung
+        and stops renewing, so live workers can take its requests over.
+        """
+        busy = self._busy
+        if busy is None:
+            return
+        since, batch = busy
+        if time.monotonic() - since > self.hung_after_s:
+            return
+        by_stream: dict[str, list[bytes]] = {}
+        for p in batch:
+            by_stream.setdefault(p.stream, []).append(p.entry_id)
+        pipe = self._hb_r.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xclaim(stream, POLICY_GROUP, self.worker_id, 0, ids, justid=True)
+        pipe.execute(raise_on_error=False)
 
 
 def _autoclaim(
@@ -570,6 +619,11 @@ def _delivery_counts(
         for row in rows
         if row["message_id"] in wanted
     }
+
+
+def _read_timeout(block_ms: int | None) -> float:
+    """Socket deadline for a chain that may block ``block_ms``: a silent link fails, not hangs."""
+    return (block_ms or 0) / 1000.0 + _READ_MARGIN_S
 
 
 def _id_key(entry_id: bytes) -> tuple[int, int]:

@@ -61,6 +61,8 @@ SHM_MIN_BYTES = 64 * 1024
 #: Safety cap on a pool stream; normal operation deletes entries once answered.
 REQUEST_STREAM_MAXLEN = 10_000
 _ROUTE_REFRESH_S = 1.0
+#: A reply read may take the XREAD BLOCK time plus this before the link counts as dead.
+_READ_MARGIN_S = 2.0
 _SLOTS = 2
 
 
@@ -218,7 +220,9 @@ class PolicyClient:
                  self.reply_key, self._last_reply_id]
             )  # fmt: skip
             try:
-                results = execute_chain(self._conn.get(), commands)
+                # BLOCK is already capped by the deadline; the margin only runs out on a dead link
+                read_timeout = block_ms / 1000.0 + _READ_MARGIN_S
+                results = execute_chain(self._conn.get(), commands, timeout_s=read_timeout)
             except _CONNECTION_ERRORS as exc:
                 self._conn.drop()
                 if time.monotonic() + backoff >= deadline:
@@ -282,9 +286,10 @@ class PolicyClient:
         for slot in self._slots:
             slot.close()
         self._slots = []
-        self._conn.release()
+        # Best effort, bounded: the reply stream expires on its own if Redis is unreachable.
         with contextlib.suppress(Exception):
-            self._r.delete(self.reply_key)
+            execute_chain(self._conn.get(), [["DEL", self.reply_key]], timeout_s=1.0)
+        self._conn.release()
 
     def __enter__(self) -> PolicyClient:
         return self

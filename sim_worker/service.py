@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from arena_eval.broker import fleet, jobs, pool, results, units
@@ -55,6 +56,8 @@ from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_misma
 log = logging.getLogger("arena_eval.sim_worker")
 
 LEASE_LOST = "lease lost"
+#: Consecutive unanswered policy requests on one unit before its job fails.
+MAX_POLICY_TIMEOUTS = 3
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BrokerUnavailable, ConnectionError)
 
 
@@ -146,6 +149,13 @@ class SimWorker:
                 except _REDIS_DOWN as exc:
                     log.warning("lost Redis (%s); retrying", exc)
                     self._stop.wait(0.5)
+                except ResponseError as exc:
+                    # NOGROUP: Redis lost its data (restart without persistence, FLUSHALL);
+                    # UNBLOCKED (Redis 7): the unit stream was deleted under our read.
+                    if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                        raise
+                    log.warning("unit stream or group vanished (%s); recreating", exc)
+                    units.ensure_units_group(self._r, self.keys)
         finally:
             self._stop.set()
             if self._beat is not None:
@@ -233,6 +243,7 @@ class SimWorker:
 
     # -- running a unit ------------------------------------------------------------
     def _execute(self, job: Job, lease: Lease) -> Outcome:
+        timeouts = 0
         while True:
             spec = self._wait_for_pool(job, lease)
             if spec is None:
@@ -252,7 +263,19 @@ class SimWorker:
             try:
                 self._rollout(job, lease, env, [i for i in lease.unit.indices if i not in done])
             except (PolicyTimeout, pool.PoolNotFound) as exc:
-                log.warning("pool %s stopped answering (%s); waiting for it", job.spec.pool, exc)
+                timeouts += 1
+                reason = (
+                    f"pool {job.spec.pool!r} has live workers but did not answer "
+                    f"{timeouts} request(s) in a row within {self.policy_timeout_s:.0f} s; "
+                    "they may be hung or overloaded (`arena-eval pools` shows busy_s)"
+                )
+                if timeouts >= MAX_POLICY_TIMEOUTS:
+                    return self._fail(job, reason)
+                log.warning("%s (%s); retrying", reason, exc)
+                jobs.transition(
+                    self._r, self.keys, job.job_id, jobs.JobState.RUNNING, reason,
+                    only_from=(jobs.JobState.RUNNING,),
+                )  # fmt: skip
                 continue
             except (SpecMismatch, RemotePolicyError) as exc:
                 return self._fail(job, f"pool {job.spec.pool!r}: {_describe(exc)}")

@@ -47,3 +47,18 @@ class EchoPolicy(Policy):
 
 def expected_actions(x: np.ndarray) -> np.ndarray:
     return (x[:, None, :] + np.arange(HORIZON, dtype=np.float32)[None, :, None]).astype(np.float32)
+
+
+class HangingPolicy(Policy):
+    """Accepts any observations and never answers in time: a hung model."""
+
+    def __init__(self, hang_s: str | float = "30") -> None:
+        self.hang_s = float(hang_s)
+
+    def spec(self) -> PolicySpec:
+        return PolicySpec(name="hanging", action_shape=(1, 1))
+
+    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        time.sleep(self.hang_s)
+        rows = next(iter(batch.values())).shape[0]
+        return np.zeros((rows, 1, 1), np.float32)

@@ -338,3 +338,50 @@ def test_submit_wait_exit_status(settings: RedisSettings, r: redis.Redis, keys: 
             w.stop()
         for t in threads:
             t.join(10)
+
+
+def test_sim_worker_survives_its_unit_stream_being_deleted(
+    settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    policy = PolicyWorker("zero2", ZeroPolicy(action_shape="1x1"), settings)
+    sim = SimWorker(settings, num_envs=2, block_ms=300)
+    threads = [threading.Thread(target=w.run, daemon=True) for w in (policy, sim)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: fleet.live_sim_workers(r, keys), 20, "the sim worker")
+        time.sleep(0.5)  # now blocked in XREADGROUP on the unit stream
+        r.delete(keys.units())  # FLUSHALL-like loss of the stream and its group
+        time.sleep(0.5)
+        assert threads[1].is_alive()
+        job_id = jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="zero2", episodes=2))
+        done = wait_until(lambda: jobs.get_job(r, keys, job_id).state.terminal, 60, "the job", [])
+        assert done and jobs.get_job(r, keys, job_id).state is JobState.COMPLETED
+    finally:
+        sim.stop()
+        policy.stop()
+        for t in threads:
+            t.join(10)
+
+
+def test_pool_that_never_answers_fails_the_job_instead_of_hanging(
+    settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    from tests.policies_for_tests import HangingPolicy
+
+    policy = PolicyWorker("hung", HangingPolicy(hang_s=8), settings)
+    sim = SimWorker(settings, num_envs=1, block_ms=200, policy_timeout_s=0.5)
+    threads = [threading.Thread(target=w.run, daemon=True) for w in (policy, sim)]
+    for t in threads:
+        t.start()
+    try:
+        job_id = jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="hung", episodes=1))
+        wait_until(lambda: jobs.get_job(r, keys, job_id).state.terminal, 30, "the job to fail")
+        job = jobs.get_job(r, keys, job_id)
+        assert job.state is JobState.FAILED
+        assert "did not answer 3 request(s) in a row" in job.reason
+    finally:
+        sim.stop()
+        policy.stop()
+        for t in threads:
+            t.join(15)

@@ -224,6 +224,38 @@ def test_bad_input_dead_letters_and_worker_keeps_serving(
     wait_until(lambda: r.xpending(stream, POLICY_GROUP)["pending"] == 0, 5, "all acked")
 
 
+def test_late_reply_to_a_closed_client_expires(
+    settings: RedisSettings, worker: PolicyWorker, r: redis.Redis
+) -> None:
+    keys = Keys(settings.prefix)
+    with PolicyClient(POOL, settings, timeout_s=10) as client:
+        client.infer({"x": rows_x(1)}, [0])  # the worker has now replied to this client once
+        reply_key = client.reply_key
+    assert not r.exists(reply_key)  # close() deleted it
+    payload = codec.dumps({"kind": "infer", "rid": "late", "obs": {"x": rows_x(1)}})
+    r.xadd(keys.pool_requests(POOL), {F_RID: "late", F_REPLY: reply_key, F_DATA: payload})
+    wait_until(lambda: r.exists(reply_key), 10, "the late reply")
+    assert 0 < r.ttl(reply_key) <= 600
+
+
+def test_reply_key_must_be_a_client_reply_stream(
+    settings: RedisSettings, worker: PolicyWorker, r: redis.Redis
+) -> None:
+    keys = Keys(settings.prefix)
+    victim = keys.job_results("j1")
+    r.hset(victim, "0", "{}")
+    payload = codec.dumps({"kind": "infer", "rid": "r1", "obs": {"x": rows_x(1)}})
+    for fields in (
+        {F_RID: "r1", F_REPLY: victim, F_DATA: payload},  # a valid request aimed at a job key
+        {F_RID: "r2", F_REPLY: victim, F_DATA: b"garbage"},
+    ):
+        r.xadd(keys.pool_requests(POOL), fields)
+    wait_until(lambda: r.xlen(keys.pool_dead(POOL)) == 2, 10, "two dead letters")
+    assert r.ttl(victim) == -1 and r.type(victim) == b"hash"  # untouched: no EXPIRE, no XADD
+    reasons = [f[b"reason"].decode() for _, f in r.xrange(keys.pool_dead(POOL))]
+    assert all("is not a client reply stream" in reason for reason in reasons)
+
+
 def test_one_bad_request_does_not_fail_its_batch(settings: RedisSettings) -> None:
     with ThreadWorker(settings, max_wait_ms=200.0) as w:
         results: dict[str, object] = {}
@@ -249,6 +281,20 @@ def test_one_bad_request_does_not_fail_its_batch(settings: RedisSettings) -> Non
     assert isinstance(results["bad"], RemotePolicyError)
     np.testing.assert_array_equal(results["good"], expected_actions(good))  # type: ignore[arg-type]
     assert w.stats.dead_letters == 1
+
+
+def test_slow_infer_is_not_reclaimed_or_dead_lettered(settings: RedisSettings) -> None:
+    # Two workers; whichever takes the request stalls 2 s in infer. Without lease
+    # renewal the idle one would reclaim it after 0.3 s, count a 2nd delivery (> max 1)
+    # and dead-letter it while the first is still computing.
+    opts = {"claim_idle_ms": 300, "max_deliveries": 1, "stall_s": 2.0}
+    with ThreadWorker(settings, **opts) as a, ThreadWorker(settings, **opts) as b:
+        x = rows_x(2)
+        x[0, 0] = STALL_MARKER
+        with PolicyClient(POOL, settings, timeout_s=20) as client:
+            np.testing.assert_array_equal(client.infer({"x": x}, [0, 1]), expected_actions(x))
+    assert a.stats.dead_letters == b.stats.dead_letters == 0
+    assert a.stats.requests + b.stats.requests == 1
 
 
 def test_redelivered_too_often_goes_to_dead_letters(
