@@ -63,6 +63,9 @@ log = logging.getLogger("arena_eval.policy_worker")
 REPLY_STREAM_MAXLEN = 64
 REPLY_STREAM_TTL_S = 600
 DEAD_STREAM_MAXLEN = 10_000
+#: Payloads above this are kept only as their first DEAD_PAYLOAD_KEEP_BYTES in dead letters.
+DEAD_PAYLOAD_MAX_BYTES = 1 << 20
+DEAD_PAYLOAD_KEEP_BYTES = 64 << 10
 _POLL_S = 0.0002
 _ACTIVE_CLIENT_S = 1.0
 _READ_MARGIN_S = 5.0
@@ -500,7 +503,12 @@ class PolicyWorker:
                 "entry_id", p.entry_id, "at", f"{time.time():.3f}",
             ]  # fmt: skip
             for k, v in p.fields.items():
-                dead += [b"orig:" + (k if isinstance(k, bytes) else str(k).encode()), v]
+                name = b"orig:" + (k if isinstance(k, bytes) else str(k).encode())
+                if isinstance(v, bytes) and len(v) > DEAD_PAYLOAD_MAX_BYTES:
+                    # the dead-letter stream is capped by count; keep it bounded in bytes too
+                    dead += [name + b":bytes", len(v)]
+                    v = v[:DEAD_PAYLOAD_KEEP_BYTES]
+                dead += [name, v]
             commands.append(dead)
             if p.reply and p.rid:
                 self._reply_commands(commands, p.reply, error_reply(p.rid, p.error, self.worker_id))

@@ -256,6 +256,18 @@ def test_reply_key_must_be_a_client_reply_stream(
     assert all("is not a client reply stream" in reason for reason in reasons)
 
 
+def test_dead_letters_keep_large_payloads_bounded(
+    settings: RedisSettings, worker: PolicyWorker, r: redis.Redis
+) -> None:
+    keys = Keys(settings.prefix)
+    big = b"\x00" * (3 << 20)  # 3 MiB of garbage
+    r.xadd(keys.pool_requests(POOL), {F_RID: "big", F_DATA: big})
+    wait_until(lambda: r.xlen(keys.pool_dead(POOL)) == 1, 10, "the dead letter")
+    fields = r.xrange(keys.pool_dead(POOL))[0][1]
+    assert int(fields[b"orig:d:bytes"]) == len(big)
+    assert fields[b"orig:d"] == big[: 64 << 10]
+
+
 def test_one_bad_request_does_not_fail_its_batch(settings: RedisSettings) -> None:
     with ThreadWorker(settings, max_wait_ms=200.0) as w:
         results: dict[str, object] = {}
