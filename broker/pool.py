@@ -74,6 +74,7 @@ def register(r: redis.Redis, keys: Keys, pool: str, worker_id: str, spec: Policy
                     f"cannot join pool {pool!r}: {reason}. Live workers {others} serve the "
                     "current spec; use another --pool name or stop them first."
                 )
+    prune(r, keys, pool)  # ids of workers that died without deregistering
     pipe = r.pipeline(transaction=False)
     pipe.set(keys.pool_spec(pool), spec.to_json())
     pipe.sadd(keys.pools(), pool)

@@ -199,6 +199,13 @@ class PolicyWorker:
         if self._registered:
             with contextlib.suppress(Exception):
                 pool.deregister(self._hb_r, self.keys, self.pool, self.worker_id)
+            for stream in self.streams:  # leave the groups, unless we still hold entries
+                with contextlib.suppress(Exception):
+                    mine = self._r.xpending_range(
+                        stream, POLICY_GROUP, min="-", max="+", count=1, consumername=self.worker_id
+                    )
+                    if not mine:
+                        self._r.xgroup_delconsumer(stream, POLICY_GROUP, self.worker_id)
             self._registered = False
 
     def run(self, *, max_batches: int | None = None, burst: bool = False) -> WorkerStats:

@@ -500,6 +500,7 @@ def test_sigterm_finishes_the_batch_in_flight(
     np.testing.assert_array_equal(result["actions"], expected_actions(x))  # type: ignore[arg-type]
     assert live_workers(r, keys, POOL) == []  # deregistered
     assert r.xpending(stream, POLICY_GROUP)["pending"] == 0
+    assert r.xinfo_consumers(stream, POLICY_GROUP) == []  # and left the consumer group
 
 
 def test_pools_cli_lists_spec_workers_and_queues(
