@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.signals import stop_on_signals
 from arena_eval.policy_worker.registry import load_policy
-from arena_eval.policy_worker.server import PolicyWorker, WorkerStats
+from arena_eval.policy_worker.server import PolicyWorker
+from arena_eval.policy_worker.stats import WorkerStats
 
 log = logging.getLogger("arena_eval.policy_worker")
 

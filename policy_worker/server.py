@@ -31,7 +31,6 @@ import threading
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,68 +55,23 @@ from arena_eval.broker.protocol import (
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.broker.wire import Arg, DedicatedConnection, execute_chain
+from arena_eval.policy_worker.entries import (
+    Pending,
+    dead_letter_command,
+    delivery_counts,
+    reply_commands,
+    text,
+)
+from arena_eval.policy_worker.entries import rows as entry_rows
 from arena_eval.policy_worker.policy import Policy
+from arena_eval.policy_worker.stats import WorkerStats
 
 log = logging.getLogger("arena_eval.policy_worker")
 
-REPLY_STREAM_MAXLEN = 64
-REPLY_STREAM_TTL_S = 600
-DEAD_STREAM_MAXLEN = 10_000
-#: Payloads above this are kept only as their first DEAD_PAYLOAD_KEEP_BYTES in dead letters.
-DEAD_PAYLOAD_MAX_BYTES = 1 << 20
-DEAD_PAYLOAD_KEEP_BYTES = 64 << 10
 _POLL_S = 0.0002
 _ACTIVE_CLIENT_S = 1.0
 _READ_MARGIN_S = 5.0
 _SWEEP_S = 60.0
-
-
-@dataclass
-class Pending:
-    """One request entry taken from a stream, decoded or failed."""
-
-    stream: str
-    entry_id: bytes
-    fields: dict[bytes, bytes]
-    read_at: float
-    rid: str = ""
-    reply: str = ""
-    request: InferRequest | None = None
-    ticket: shm.Ticket | None = None
-    error: str | None = None
-    decode_ms: float = 0.0
-
-
-@dataclass
-class WorkerStats:
-    batches: int = 0
-    requests: int = 0
-    rows: int = 0
-    infer_calls: int = 0
-    infer_s: float = 0.0
-    errors: int = 0
-    dead_letters: int = 0
-    reclaimed: int = 0
-    expired: int = 0
-    stale: int = 0
-    started: float = field(default_factory=time.time)
-
-    def as_dict(self) -> dict[str, float]:
-        mean_batch = self.rows / self.batches if self.batches else 0.0
-        return {
-            "batches": self.batches,
-            "requests": self.requests,
-            "rows": self.rows,
-            "infer_calls": self.infer_calls,
-            "infer_s": round(self.infer_s, 6),
-            "mean_batch_rows": round(mean_batch, 3),
-            "errors": self.errors,
-            "dead_letters": self.dead_letters,
-            "reclaimed": self.reclaimed,
-            "expired": self.expired,
-            "stale": self.stale,
-            "started": self.started,
-        }
 
 
 class PolicyWorker:
@@ -289,7 +243,7 @@ class PolicyWorker:
         items = first if first else self._read(self.max_batch, self.block_ms)
         if not items:
             return items
-        rows = sum(_rows(p) for p in items)
+        rows = sum(entry_rows(p) for p in items)
         now = time.monotonic()
         deadline = now + self.max_wait_ms / 1000.0
         clients = self._note_clients(items, now)
@@ -302,7 +256,7 @@ class PolicyWorker:
             more = self._read(self.max_batch, None)
             if more:
                 items.extend(more)
-                rows += sum(_rows(p) for p in more)
+                rows += sum(entry_rows(p) for p in more)
                 clients |= self._note_clients(more, time.monotonic())
                 continue
             remaining = deadline - time.monotonic()
@@ -327,8 +281,8 @@ class PolicyWorker:
 
     def _decode(self, p: Pending) -> Pending:
         t0 = time.perf_counter()
-        p.rid = _text(p.fields.get(F_RID))
-        p.reply = _text(p.fields.get(F_REPLY))
+        p.rid = text(p.fields.get(F_RID))
+        p.reply = text(p.fields.get(F_REPLY))
         try:
             if p.reply and not self.keys.is_reply_stream(p.reply):
                 bad, p.reply = p.reply, ""  # never write to a key a request merely names
@@ -340,7 +294,7 @@ class PolicyWorker:
                 payload = p.fields[F_DATA]
             else:
                 raise ArenaEvalError(
-                    f"entry has no payload field (fields: {sorted(_text(k) for k in p.fields)})"
+                    f"entry has no payload field (fields: {sorted(text(k) for k in p.fields)})"
                 )
             request = InferRequest.from_message(codec.loads(payload))
             if p.rid and request.rid != p.rid:
@@ -380,15 +334,15 @@ class PolicyWorker:
             self._r.xack(stream, POLICY_GROUP, *deleted)
         if not claimed:
             return []
-        counts = _delivery_counts(self._r, stream, self.worker_id, [eid for eid, _ in claimed])
+        counts = delivery_counts(self._r, stream, self.worker_id, [eid for eid, _ in claimed])
         now = time.time()
         out = []
         for entry_id, fields in claimed:
             p = Pending(stream, entry_id, fields or {}, now)
             deliveries = counts.get(entry_id, 1)
             if deliveries > self.max_deliveries:
-                p.rid = _text(p.fields.get(F_RID))
-                reply = _text(p.fields.get(F_REPLY))
+                p.rid = text(p.fields.get(F_RID))
+                reply = text(p.fields.get(F_REPLY))
                 p.reply = reply if self.keys.is_reply_stream(reply) else ""
                 p.error = (
                     f"request delivered {deliveries} times without an answer "
@@ -436,12 +390,12 @@ class PolicyWorker:
             log.warning("infer failed for %s: %s", p.rid, traceback.format_exc(limit=3))
             return []
         t_enc = time.perf_counter()
-        rows = sum(_rows(p) for p in batch)
+        rows = sum(entry_rows(p) for p in batch)
         out = []
         offset = 0
         for p in batch:
             assert p.request is not None
-            n = _rows(p)
+            n = entry_rows(p)
             if p.ticket is not None and not self._reader.still_valid(p.ticket):
                 self.stats.stale += 1  # slot rewritten under us: the client moved on
                 offset += n
@@ -473,7 +427,7 @@ class PolicyWorker:
         starts = [e for r in requests for e in r.starts]
         if starts:
             self.policy.reset(starts)
-        rows = sum(_rows(p) for p in batch)
+        rows = sum(entry_rows(p) for p in batch)
         t0 = time.perf_counter()
         self.stats.infer_calls += 1
         actions = self.policy.infer(obs)
@@ -497,27 +451,15 @@ class PolicyWorker:
         """
         commands: list[list[Arg]] = []
         for p, msg in replies:
-            self._reply_commands(commands, p.reply, msg)
+            commands += reply_commands(p.reply, msg)
         for p in items:
             if p.error is None:
                 continue
             self.stats.errors += 1
             self.stats.dead_letters += 1
-            dead: list[Arg] = [
-                "XADD", self.dead_stream, "MAXLEN", "~", DEAD_STREAM_MAXLEN, "*",
-                "reason", p.error, "worker", self.worker_id, "stream", p.stream,
-                "entry_id", p.entry_id, "at", f"{time.time():.3f}",
-            ]  # fmt: skip
-            for k, v in p.fields.items():
-                name = b"orig:" + (k if isinstance(k, bytes) else str(k).encode())
-                if isinstance(v, bytes) and len(v) > DEAD_PAYLOAD_MAX_BYTES:
-                    # the dead-letter stream is capped by count; keep it bounded in bytes too
-                    dead += [name + b":bytes", len(v)]
-                    v = v[:DEAD_PAYLOAD_KEEP_BYTES]
-                dead += [name, v]
-            commands.append(dead)
+            commands.append(dead_letter_command(p, self.dead_stream, self.worker_id))
             if p.reply and p.rid:
-                self._reply_commands(commands, p.reply, error_reply(p.rid, p.error, self.worker_id))
+                commands += reply_commands(p.reply, error_reply(p.rid, p.error, self.worker_id))
         by_stream: dict[str, list[bytes]] = {}
         for p in items:
             by_stream.setdefault(p.stream, []).append(p.entry_id)
@@ -534,19 +476,6 @@ class PolicyWorker:
             if isinstance(result, ResponseError):
                 log.warning("reply/ack command failed: %s", result)
         return self._parse_read(results[-1]) if read_next else None
-
-    def _reply_commands(
-        self, commands: list[list[Arg]], reply_key: str, msg: dict[str, Any]
-    ) -> None:
-        if not reply_key:
-            return
-        commands.append(
-            ["XADD", reply_key, "MAXLEN", "~", REPLY_STREAM_MAXLEN, "*",
-             F_DATA, codec.dumps(msg, compression="off")]
-        )  # fmt: skip
-        # Every time, in the same write: a reply that recreates the stream of a client that
-        # already closed (a late duplicate) must not leave a key without a TTL.
-        commands.append(["EXPIRE", reply_key, REPLY_STREAM_TTL_S])
 
     # -- heartbeat -------------------------------------------------------------
     def _heartbeat(self) -> None:
@@ -601,37 +530,6 @@ class PolicyWorker:
         pipe.execute(raise_on_error=False)
 
 
-def _delivery_counts(
-    r: redis.Redis, stream: str, consumer: str, ids: list[bytes]
-) -> dict[bytes, int]:
-    lo, hi = min(ids, key=_id_key), max(ids, key=_id_key)
-    rows = r.xpending_range(stream, POLICY_GROUP, min=lo, max=hi, count=len(ids) + 1000,
-                            consumername=consumer)  # fmt: skip
-    wanted = set(ids)
-    return {
-        row["message_id"]: int(row["times_delivered"])
-        for row in rows
-        if row["message_id"] in wanted
-    }
-
-
 def _read_timeout(block_ms: int | None) -> float:
     """Socket deadline for a chain that may block ``block_ms``: a silent link fails, not hangs."""
     return (block_ms or 0) / 1000.0 + _READ_MARGIN_S
-
-
-def _id_key(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
-def _rows(p: Pending) -> int:
-    if p.request is None or not p.request.obs:
-        return 0
-    return int(next(iter(p.request.obs.values())).shape[0])
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)
