@@ -296,10 +296,10 @@ def test_one_bad_request_does_not_fail_its_batch(settings: RedisSettings) -> Non
 
 
 def test_slow_infer_is_not_reclaimed_or_dead_lettered(settings: RedisSettings) -> None:
-    # Two workers; whichever takes the request stalls 2 s in infer. Without lease
-    # renewal the idle one would reclaim it after 0.3 s, count a 2nd delivery (> max 1)
+    # Two workers; whichever takes the request stalls 2.5 s in infer. Without lease
+    # renewal the idle one would reclaim it after 0.6 s, count a 2nd delivery (> max 1)
     # and dead-letter it while the first is still computing.
-    opts = {"claim_idle_ms": 300, "max_deliveries": 1, "stall_s": 2.0}
+    opts = {"claim_idle_ms": 600, "max_deliveries": 1, "stall_s": 2.5}
     with ThreadWorker(settings, **opts) as a, ThreadWorker(settings, **opts) as b:
         x = rows_x(2)
         x[0, 0] = STALL_MARKER
