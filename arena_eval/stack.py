@@ -70,7 +70,9 @@ class LocalStack:
     # -- start -------------------------------------------------------------------
     def start(self) -> None:
         self.url = self._start_redis()
-        logs = self.log_dir or _default_log_dir(self.settings)
+        from arena_eval.broker.embedded import resolve_home
+
+        logs = self.log_dir or resolve_home(self.settings.home) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if self.pool and self.policy:
@@ -196,14 +198,3 @@ class LocalStack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _default_log_dir(settings: RedisSettings) -> Path:
-    if settings.home is not None:
-        return settings.home / "logs"
-    home = os.environ.get("ARENA_HOME")
-    if home:
-        return Path(home) / "logs"
-    import platformdirs
-
-    return Path(platformdirs.user_state_dir("arena-eval")) / "logs"

@@ -138,13 +138,18 @@ def _port_message(port: int) -> str:
     )
 
 
+def resolve_home(home: Path | None = None) -> Path:
+    """The state directory: ``home``, else ``$ARENA_HOME``, else the user state dir."""
+    env_home = os.environ.get(ENV_HOME)
+    base = home or (Path(env_home) if env_home else None)
+    return (base or Path(platformdirs.user_state_dir("arena-eval"))).expanduser().resolve()
+
+
 class EmbeddedRedis:
     """One embedded server, identified by its home directory."""
 
     def __init__(self, home: Path | None = None) -> None:
-        env_home = os.environ.get(ENV_HOME)
-        base = home or (Path(env_home) if env_home else None)
-        self.home = (base or Path(platformdirs.user_state_dir("arena-eval"))).expanduser().resolve()
+        self.home = resolve_home(home)
         self.data_dir = self.home / "data"
         self.config_file = self.home / "redis.conf"
         self.password_file = self.home / "password"

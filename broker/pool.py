@@ -15,7 +15,6 @@ from typing import Any
 
 import redis
 
-from arena_eval.broker import streams
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.keys import POLICY_GROUP, Keys
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
@@ -107,11 +106,6 @@ def prune(r: redis.Redis, keys: Keys, pool: str) -> list[str]:
     return dead
 
 
-def ensure_group(r: redis.Redis, stream: str, group: str = POLICY_GROUP) -> None:
-    """``streams.ensure_group``, defaulting to the policy workers' group (kept for callers)."""
-    streams.ensure_group(r, stream, group)
-
-
 def pool_names(r: redis.Redis, keys: Keys) -> list[str]:
     return sorted(_text(m) for m in r.smembers(keys.pools()))
 
@@ -138,8 +132,9 @@ def wait_for_pool(
 def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
     """Everything ``arena-eval pools`` shows about one pool, JSON-ready."""
     spec = read_spec(r, keys, pool)
+    live = live_workers(r, keys, pool)
     workers = []
-    for w in live_workers(r, keys, pool):
+    for w in live:
         d = w.data
         up_s = max(1e-9, float(d.get("heartbeat", 0.0)) - float(d.get("started", 0.0)))
         workers.append(
@@ -163,8 +158,7 @@ def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
             }
         )
     streams = [keys.pool_requests(pool)] + [
-        keys.pool_host_requests(pool, h)
-        for h in sorted({w.host_id for w in live_workers(r, keys, pool)} - {""})
+        keys.pool_host_requests(pool, h) for h in sorted({w.host_id for w in live} - {""})
     ]
     pending = 0
     queued = 0

@@ -204,9 +204,6 @@ class SlotReader:
         _magic, generation, _length = _HEADER.unpack_from(mm, 0)
         return bool(generation == ticket.generation)
 
-    def forget(self, name: str) -> None:
-        self._maps.pop(name, None)
-
 
 def sweep_orphans() -> int:
     """Remove slot files whose writer is gone (nobody holds their lock); return how many."""

@@ -39,6 +39,18 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> None:
             raise
 
 
+def group_lost(exc: BaseException) -> bool:
+    """True if a Redis error means the stream or its group is gone.
+
+    NOGROUP: Redis lost its data (restart without persistence, FLUSHALL).
+    UNBLOCKED (Redis 7): the stream was deleted under a blocking read.
+    Consumers recreate the group and go on.
+    """
+    return isinstance(exc, redis.ResponseError) and (
+        "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc)
+    )
+
+
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A client on ``r``'s pool that returns XAUTOCLAIM replies unparsed."""
     raw = redis.Redis(connection_pool=r.connection_pool)

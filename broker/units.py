@@ -28,9 +28,6 @@ import redis
 from arena_eval.broker import streams
 from arena_eval.broker.keys import SIM_GROUP, Keys
 
-# Moved to streams; re-exported because sim workers and tests call ``units.raw_client``.
-raw_client = streams.raw_client
-
 F_JOB = "job"
 F_START = "start"
 F_COUNT = "count"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import typer
 
 from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
@@ -30,7 +32,7 @@ def latency_cmd(
     kinds = list(PAYLOADS) if payload == "all" else [payload]
     settings = settings_for(redis_url)
     results = []
-    with console.status("measuring...", spinner="dots") if not json_out else _null():
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
         for kind in kinds:
             results.append(
                 run_latency(kind, requests=requests, settings=settings, transport=transport)
@@ -45,14 +47,6 @@ def latency_cmd(
         )
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 @app.command("throughput")
 def throughput_cmd(
     clients: int = typer.Option(8, "--clients", help="Concurrent sims sharing one model."),
@@ -65,7 +59,7 @@ def throughput_cmd(
     """Requests/s of K sims sharing one batched pool vs the seed's one-at-a-time server."""
     from arena_eval.bench.throughput import run_throughput
 
-    with console.status("measuring...", spinner="dots") if not json_out else _null():
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
         result = run_throughput(
             clients=clients, rows=rows, latency_ms=latency_ms, seconds=seconds,
             settings=settings_for(redis_url),

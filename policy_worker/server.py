@@ -139,7 +139,7 @@ class PolicyWorker:
     def register(self) -> None:
         pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
         for stream in self.streams:
-            pool.ensure_group(self._r, stream)
+            streams.ensure_group(self._r, stream, POLICY_GROUP)
         self._heartbeat()
         self._registered = True
         shm.sweep_orphans()
@@ -199,13 +199,11 @@ class PolicyWorker:
             time.sleep(0.2)
             return 0
         except ResponseError as exc:
-            # NOGROUP: Redis lost its data (restart without AOF, FLUSHALL); UNBLOCKED
-            # (Redis 7): the stream was deleted under our blocking read. Recreate, go on.
-            if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+            if streams.group_lost(exc):
                 log.warning("request stream or group vanished (%s); recreating", exc)
                 self._prefetched = None
                 for stream in self.streams:
-                    pool.ensure_group(self._r, stream)
+                    streams.ensure_group(self._r, stream, POLICY_GROUP)
                 pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
                 return 0
             raise
@@ -327,7 +325,7 @@ class PolicyWorker:
                 self._raw, stream, POLICY_GROUP, self.worker_id, self.claim_idle_ms, self.max_batch
             )
         except ResponseError as exc:
-            if "NOGROUP" in str(exc):
+            if streams.group_lost(exc):
                 return []
             raise
         if deleted:  # trimmed while pending: nothing to serve, just clear the PEL

@@ -131,8 +131,12 @@ class PolicyClient:
         self._route_checked = time.monotonic()
 
     def _use_shm(self, nbytes: int) -> bool:
-        if self.transport == "redis" or nbytes < SHM_MIN_BYTES or not shm.available():
-            return self.transport == "shm" and shm.available()
+        if self.transport == "redis" or not shm.available():
+            return False
+        if self.transport == "shm":
+            return True
+        if nbytes < SHM_MIN_BYTES:
+            return False
         if time.monotonic() - self._route_checked > _ROUTE_REFRESH_S:
             self._note_workers(live_workers(self._r, self.keys, self.pool))
         return self._local_worker

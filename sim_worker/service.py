@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import fleet, jobs, pool, results, units
+from arena_eval.broker import fleet, jobs, pool, results, streams, units
 from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import BrokerUnavailable
 from arena_eval.broker.jobs import Job, JobNotFound, JobSpec
@@ -104,7 +104,7 @@ class SimWorker:
         self.settings = settings or RedisSettings.from_env()
         self.keys = Keys(self.settings.prefix)
         self._r = client if client is not None else connect(self.settings)
-        self._raw = units.raw_client(self._r)
+        self._raw = streams.raw_client(self._r)
         self.num_envs = num_envs
         self.lease_ms = lease_ms
         self.block_ms = block_ms
@@ -150,9 +150,7 @@ class SimWorker:
                     log.warning("lost Redis (%s); retrying", exc)
                     self._stop.wait(0.5)
                 except ResponseError as exc:
-                    # NOGROUP: Redis lost its data (restart without persistence, FLUSHALL);
-                    # UNBLOCKED (Redis 7): the unit stream was deleted under our read.
-                    if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
+                    if not streams.group_lost(exc):
                         raise
                     log.warning("unit stream or group vanished (%s); recreating", exc)
                     units.ensure_units_group(self._r, self.keys)

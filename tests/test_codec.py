@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from arena_eval.bench.codec_throughput import rendered_scene
 from arena_eval.broker import CodecError
 from arena_eval.broker.arrays import ARRAY_EXT, AUTO_MIN_BYTES, LZ4, RAW, parse_descriptor
 from arena_eval.broker.codec import (
@@ -129,21 +130,6 @@ def descriptor(
 
 def one_array(desc: bytes, body: bytes, code: int = ARRAY_EXT) -> bytes:
     return frame(msgpack.packb({"a": msgpack.ExtType(code, desc)}), body)
-
-
-def scene(rng: np.random.Generator, h: int = 512, w: int = 512) -> np.ndarray:
-    """A rendered-looking frame: sky gradient, tiled floor, flat objects, a little texture."""
-    y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None]
-    img = np.empty((h, w, 3), np.float32)
-    img[..., 0], img[..., 1], img[..., 2] = 120 + 60 * y, 160 + 40 * y, 220 - 30 * y
-    tiles = (np.arange(h)[:, None] // 32 + np.arange(w)[None, :] // 32) % 2
-    floor = slice(h * 3 // 5, h)
-    img[floor] = np.array([150, 120, 90], np.float32) - 20 * tiles[floor, :, None]
-    yy, xx = np.ogrid[:h, :w]
-    for _ in range(4):
-        cy, cx, r = rng.integers(h // 3, h - 40), rng.integers(40, w - 40), rng.integers(15, 40)
-        img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def gr1_payload(images: np.ndarray | None = None) -> dict[str, Any]:
@@ -333,7 +319,7 @@ def test_dumps_parts_without_arrays_is_one_part() -> None:
 def test_auto_skips_noise_and_small_arrays_but_compresses_a_rendered_scene() -> None:
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    frames = np.stack([scene(rng) for _ in range(2)])
+    frames = np.stack([rendered_scene(rng) for _ in range(2)])
     small = np.zeros(AUTO_MIN_BYTES // 2, np.uint8)
     msg = dumps({"noise": noise, "scene": frames, "small": small}, compression="auto")
     codecs = [d.codec for d in descriptors(msg)]

@@ -13,7 +13,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from arena_eval.broker import jobs, results, units
+from arena_eval.broker import jobs, results, streams, units
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.jobs import JobNotFound, JobSpec, JobState
 from arena_eval.broker.keys import SIM_GROUP, Keys
@@ -182,7 +182,7 @@ def test_results_after_cancel_do_not_complete(r: redis.Redis, keys: Keys) -> Non
 # -- the unit queue ------------------------------------------------------------------------
 def test_lease_renew_requeue_and_takeover(r: redis.Redis, keys: Keys) -> None:
     job_id = jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="p", episodes=2, shard_size=1))
-    raw = units.raw_client(r)
+    raw = streams.raw_client(r)
     (a,) = units.read_new(r, keys, "alice", 100)
     assert isinstance(a, units.WorkUnit) and a.job_id == job_id and a.indices == range(0, 1)
     assert units.renew(r, keys, a.entry_id, "alice")
@@ -263,7 +263,7 @@ def test_a_unit_that_keeps_killing_workers_fails_its_job(
     from arena_eval.sim_worker.service import SimWorker
 
     job_id = jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="p", episodes=2))
-    raw = units.raw_client(r)
+    raw = streams.raw_client(r)
     units.read_new(r, keys, "died-1", 10)
     units.claim_stale(raw, keys, "died-2", 0)  # second delivery; that worker died too
     time.sleep(0.15)

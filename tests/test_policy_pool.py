@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import redis
 
-from arena_eval.broker import codec
+from arena_eval.broker import codec, streams
 from arena_eval.broker.keys import POLICY_GROUP, Keys
 from arena_eval.broker.pool import PoolNotFound, live_workers
 from arena_eval.broker.protocol import F_DATA, F_REPLY, F_RID, decode_reply
@@ -312,11 +312,9 @@ def test_slow_infer_is_not_reclaimed_or_dead_lettered(settings: RedisSettings) -
 def test_redelivered_too_often_goes_to_dead_letters(
     settings: RedisSettings, r: redis.Redis
 ) -> None:
-    from arena_eval.broker.pool import ensure_group
-
     keys = Keys(settings.prefix)
     stream = keys.pool_requests(POOL)
-    ensure_group(r, stream)
+    streams.ensure_group(r, stream, POLICY_GROUP)
     payload = codec.dumps({"kind": "infer", "rid": "r1", "obs": {"x": rows_x(1)}})
     reply_key = keys.reply_stream("victim")
     entry_id = r.xadd(stream, {F_RID: "r1", F_REPLY: reply_key, F_DATA: payload})
@@ -335,11 +333,9 @@ def test_redelivered_too_often_goes_to_dead_letters(
 
 
 def test_reclaimed_request_is_served(settings: RedisSettings, r: redis.Redis) -> None:
-    from arena_eval.broker.pool import ensure_group
-
     keys = Keys(settings.prefix)
     stream = keys.pool_requests(POOL)
-    ensure_group(r, stream)
+    streams.ensure_group(r, stream, POLICY_GROUP)
     with ThreadWorker(settings, claim_idle_ms=200) as w, PolicyClient(POOL, settings) as client:
         w.stop()  # no live reader for a moment
         time.sleep(0.5)

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from arena_eval.broker import pool, streams
+from arena_eval.broker import streams
 from arena_eval.broker.keys import POLICY_GROUP, Keys
 
 GROUP = "g"
@@ -139,7 +139,7 @@ def test_ensure_group_is_idempotent(r: redis.Redis, keys: Keys) -> None:
     name = f"{keys.prefix}groups"
     streams.ensure_group(r, name, GROUP)
     streams.ensure_group(r, name, GROUP)  # BUSYGROUP is ignored
-    pool.ensure_group(r, name)  # the pool's wrapper defaults to the policy workers' group
+    streams.ensure_group(r, name, POLICY_GROUP)
     groups = {g["name"] for g in r.xinfo_groups(name)}
     assert groups == {GROUP.encode(), POLICY_GROUP.encode()}
     r.set(f"{keys.prefix}plain", "x")
