@@ -127,6 +127,17 @@ def test_spec_mismatch_raised_before_sending(
     assert r.xinfo_stream(keys.pool_requests(POOL))["last-generated-id"] in (b"0-0", "0-0")
 
 
+def test_registering_prunes_ids_of_workers_that_died(
+    settings: RedisSettings, r: redis.Redis
+) -> None:
+    keys = Keys(settings.prefix)
+    r.sadd(keys.pool_workers(POOL), "ghost-killed-9")  # joined once, no heartbeat any more
+    with ThreadWorker(settings) as w:
+        wait_until(lambda: live_workers(r, keys, POOL), 10, "the worker")
+        members = {m.decode() for m in r.smembers(keys.pool_workers(POOL))}
+    assert members == {w.worker_id}
+
+
 def test_incompatible_worker_is_refused(
     settings: RedisSettings, r: redis.Redis, worker: PolicyWorker
 ) -> None:
