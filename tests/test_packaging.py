@@ -11,6 +11,7 @@ source tree: only building the wheel shows it. The build is offline (no build is
 from __future__ import annotations
 
 import configparser
+import os
 import shutil
 import subprocess
 import sys
@@ -83,3 +84,22 @@ def test_console_script_reports_usage_errors_without_a_traceback() -> None:
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "No such command" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_installed_wheel_runs_from_the_repo_root(wheel: zipfile.ZipFile, tmp_path: Path) -> None:
+    # What a user does: `pip install .` then `arena-eval demo` in the checkout, whose
+    # workers start as `python -m arena_eval.cli`. Python puts the cwd first on sys.path,
+    # so nothing in the repo root may shadow the installed package. `-S` keeps the
+    # editable install (a .pth finder) of this test environment out of the way.
+    import site
+
+    target = tmp_path / "installed"
+    wheel.extractall(target)
+    path = os.pathsep.join([str(target), *site.getsitepackages()])
+    for args in (["--help"], ["policy", "serve", "--help"], ["demo", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-S", "-m", "arena_eval.cli", *args],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": path},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-2000:]
