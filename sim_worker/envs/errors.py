@@ -30,6 +30,10 @@ class MissingSimDependency(ConfigError):
     """A simulator package the task needs is not installed."""
 
 
+class GLUnavailable(ConfigError):
+    """A camera needs OpenGL (or ``MUJOCO_GL`` names a backend) whose system library won't load."""
+
+
 _INSTALL_HINT = {
     "gymnasium": "pip install 'arena-eval[sim]'",
     "metaworld": "pip install 'arena-eval[sim]'",

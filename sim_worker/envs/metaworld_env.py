@@ -6,10 +6,10 @@ Evaluation semantics are the standard Meta-World ones: an episode *terminates* t
 whatever the slot ran before) comes from :class:`~.metaworld_task.MetaWorldTask`; read its
 docstring for what metaworld's source does and why ``Meta-World/MT1`` is not used.
 
-Rendering needs an OpenGL backend chosen *before* mujoco is imported: this module sets
-``MUJOCO_GL`` to ``egl`` on machines with an NVIDIA device and ``osmesa`` otherwise, only if the
-variable is unset (set it yourself to override; it has no effect once mujoco is imported).
-``osmesa`` needs the system library ``libosmesa6``.
+Only cameras need OpenGL: :func:`.gl.prepare` runs before a task is built and, when a camera is
+asked for, picks ``MUJOCO_GL`` (``egl`` with an NVIDIA device, else ``osmesa``, unless set) and
+checks that its library loads (``osmesa`` needs the system package ``libosmesa6``). Tasks without
+a camera need no GL library at all.
 
 metaworld/gymnasium are imported lazily, inside the functions, so that this module (and the
 package) import on nodes without them.
@@ -17,25 +17,16 @@ package) import on nodes without them.
 
 from __future__ import annotations
 
-import glob
-import os
 from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
 
+from arena_eval.sim_worker.envs import gl
 from arena_eval.sim_worker.envs.errors import require, unknown_task
 from arena_eval.sim_worker.envs.gym_env import GymVectorEnv
 
 PREFIX = "metaworld/"
-
-
-def default_mujoco_gl() -> str:
-    """``egl`` where an NVIDIA GPU is visible (headless GPU rendering), else ``osmesa`` (CPU)."""
-    return "egl" if glob.glob("/dev/nvidia[0-9]*") else "osmesa"
-
-
-os.environ.setdefault("MUJOCO_GL", default_mujoco_gl())
 
 
 class ExpertPolicy(Protocol):
@@ -75,6 +66,7 @@ def make_metaworld_task(
     max_path_length: int | None = None,
 ) -> Any:
     """One bare :class:`~.metaworld_task.MetaWorldTask` (module-level so async can pickle it)."""
+    gl.prepare(camera)  # in this process: async slots build their tasks in subprocesses
     require("gymnasium", purpose="Meta-World tasks")
     require("metaworld", purpose="Meta-World tasks")
     from arena_eval.sim_worker.envs.metaworld_task import MetaWorldTask
@@ -95,6 +87,7 @@ def make_metaworld_env(
     vectorization: str = "sync",
 ) -> GymVectorEnv:
     """``num_envs`` slots of one Meta-World task, success-terminated and seeded per reset."""
+    gl.prepare(camera)
     name = _check_task(task)
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
@@ -117,6 +110,7 @@ def expert_policy_for(task: str) -> ExpertPolicy:
     Uses ``metaworld.policies.ENV_POLICY_MAP``; falls back to the class naming convention
     (``door-open-v3`` -> ``SawyerDoorOpenV3Policy``) for tasks missing from the map.
     """
+    gl.prepare(None)
     name = _check_task(task)
     policies = require("metaworld.policies", purpose="Meta-World expert policies")
     table: dict[str, Any] = getattr(policies, "ENV_POLICY_MAP", {})
