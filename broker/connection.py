@@ -11,25 +11,36 @@ Two choices here are measured, not guessed (see ``docs/architecture.md``):
 * **Reconnect with backoff.** Every command retries connection errors with
   exponential backoff for ``settings.retry_budget_s``, so a Redis restart is a
   pause, not a crash.
+
+Two Redis refusals are not outages and are never retried: redis-py's
+``AuthenticationError`` (WRONGPASS, NOAUTH) subclasses ``ConnectionError``, so
+a plain ``Retry`` would spend the whole budget on a wrong password and then
+blame the network. ``_FailFastRetry`` raises ``BrokerAuthError`` at once
+instead, and turns an ACL denial (NOPERM) into ``BrokerPermissionError``; both
+name the masked URL and the Redis user, never the password.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.connection import PythonRespSerializer
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from arena_eval.broker.errors import BrokerUnavailable
-from arena_eval.broker.settings import RedisSettings, parse_url
+from arena_eval.broker.errors import BrokerAuthError, BrokerPermissionError, BrokerUnavailable
+from arena_eval.broker.settings import ENV_PASSWORD, ENV_USERNAME, RedisSettings, parse_url
 
 #: Socket reads of this size let hiredis pull multi-megabyte replies in few syscalls.
 SOCKET_READ_SIZE = 1 << 20
 _BACKOFF_CAP_S = 1.0
+_T = TypeVar("_T")
 
 
 class _PackInPython:
@@ -53,14 +64,105 @@ class TlsConnection(_PackInPython, redis.SSLConnection):
     pass
 
 
-def retry_policy(budget_s: float) -> Retry:
-    """Exponential backoff (capped at 1 s) that keeps trying for about ``budget_s``."""
-    retries = max(1, int(budget_s / _BACKOFF_CAP_S) + 6)
-    return Retry(
-        ExponentialWithJitterBackoff(cap=_BACKOFF_CAP_S, base=0.02),
-        retries,
-        supported_errors=(RedisConnectionError, RedisTimeoutError, ConnectionResetError, OSError),
+@dataclass(frozen=True)
+class Peer:
+    """Who talks to whom, in printable form: the masked URL and the Redis user."""
+
+    where: str = "the configured Redis"
+    user: str = "default"
+
+    @classmethod
+    def of(cls, settings: RedisSettings | None, url: str | None = None) -> Peer:
+        if settings is None:
+            return cls()
+        kwargs = parse_url(url, settings.username, settings.password) if url else {}
+        user = kwargs.get("username") or settings.username or "default"
+        return cls(settings.masked_url(), str(user))
+
+
+_CREDENTIALS_HINT = (
+    "Give the credentials in the URL (redis://USER:PASSWORD@host:port, ideally through "
+    f"ARENA_REDIS_URL) or with {ENV_USERNAME} / {ENV_PASSWORD}."
+)
+
+
+def auth_error(exc: AuthenticationError, peer: Peer) -> BrokerAuthError:
+    """A readable ``BrokerAuthError`` for redis-py's ``exc`` (the server's text has no secret)."""
+    code = getattr(exc, "status_code", None)
+    if code == "NOAUTH":  # the server's text (about HELLO) would only confuse
+        return BrokerAuthError(
+            f"Redis at {peer.where} requires a password and none was given. {_CREDENTIALS_HINT}"
+        )
+    elif code == "WRONGPASS":
+        what = (
+            f"Redis at {peer.where} refused user {peer.user!r}: wrong password, or no such "
+            "(enabled) user"
+        )
+    else:
+        what = f"Redis at {peer.where} refused the authentication of user {peer.user!r}"
+    return BrokerAuthError(f"{what} ({str(exc).rstrip('.')}). {_CREDENTIALS_HINT}")
+
+
+def is_permission_error(exc: BaseException) -> bool:
+    """True for an ACL denial, whether redis-py classified it (NoPermissionError) or not."""
+    if isinstance(exc, NoPermissionError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith("NOPERM")
+
+
+def permission_error(exc: BaseException, peer: Peer) -> BrokerPermissionError:
+    return BrokerPermissionError(
+        f"Redis user {peer.user!r} at {peer.where} is not allowed to do this ({exc}).",
+        user=peer.user,
     )
+
+
+class _FailFastRetry(Retry):
+    """Retry connection errors with backoff; raise authentication and ACL refusals at once."""
+
+    def __init__(self, backoff: Any, retries: int, peer: Peer) -> None:
+        super().__init__(
+            backoff,
+            retries,
+            supported_errors=(
+                RedisConnectionError,
+                RedisTimeoutError,
+                ConnectionResetError,
+                OSError,
+            ),
+        )
+        self.peer = peer
+
+    def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], _T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, AuthenticationError):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        try:
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
+        except AuthenticationError as exc:
+            raise auth_error(exc, self.peer) from None
+        except ResponseError as exc:
+            if is_permission_error(exc):
+                raise permission_error(exc, self.peer) from None
+            raise
+
+
+def retry_policy(budget_s: float, peer: Peer | None = None) -> Retry:
+    """Exponential backoff (capped at 1 s) that keeps trying for about ``budget_s``.
+
+    Authentication errors are never retried (see the module docstring).
+    """
+    retries = max(1, int(budget_s / _BACKOFF_CAP_S) + 6)
+    backoff = ExponentialWithJitterBackoff(cap=_BACKOFF_CAP_S, base=0.02)
+    return _FailFastRetry(backoff, retries, peer or Peer())
 
 
 def resolve_url(settings: RedisSettings) -> str:
@@ -97,7 +199,7 @@ def connect(
         if socket_timeout_s is None
         else socket_timeout_s,
         "socket_read_size": SOCKET_READ_SIZE,
-        "retry": retry_policy(budget),
+        "retry": retry_policy(budget, Peer.of(settings, url)),
         "retry_on_error": [RedisConnectionError, RedisTimeoutError],
         "health_check_interval": 0,
         **kwargs,
@@ -106,13 +208,22 @@ def connect(
     return redis.Redis(connection_pool=pool)
 
 
-def ping(client: redis.Redis, settings: RedisSettings | None = None) -> None:
-    """Check the connection; raise BrokerUnavailable with the masked URL and a hint."""
+def ping(
+    client: redis.Redis, settings: RedisSettings | None = None, *, budget_s: float | None = None
+) -> None:
+    """Check the connection; raise a readable error with the masked URL and what to do.
+
+    ``BrokerAuthError`` for refused credentials (never retried), ``BrokerUnavailable``
+    once the retry budget (``budget_s``, named in the message when given) is spent.
+    """
+    peer = Peer.of(settings, settings.url if settings else None)
     try:
         client.ping()
+    except AuthenticationError as exc:  # a client not built by connect()
+        raise auth_error(exc, peer) from None
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        where = settings.masked_url() if settings else "the configured Redis"
+        waited = f" (gave up after about {budget_s:g} s of retries)" if budget_s else ""
         raise BrokerUnavailable(
-            f"cannot reach Redis at {where}: {exc}. Start it (`arena-eval redis start` for the "
-            "embedded server) or pass --redis-url / ARENA_REDIS_URL."
+            f"cannot reach Redis at {peer.where}{waited}: {str(exc).rstrip('.')}. Start it (`arena-eval redis "
+            "start` for the embedded server) or pass --redis-url / ARENA_REDIS_URL."
         ) from None

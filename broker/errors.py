@@ -23,3 +23,22 @@ class BrokerUnavailable(ArenaEvalError):
 
 class CodecError(ArenaEvalError):
     """A message could not be encoded or decoded. The reason is in the text."""
+
+
+class BrokerAuthError(ArenaEvalError):
+    """Redis refused the credentials (wrong password, unknown user, none given).
+
+    Not a ``BrokerUnavailable``: retrying cannot fix it, so nothing retries it.
+    """
+
+
+class BrokerPermissionError(ArenaEvalError):
+    """Redis's ACL denied a command to the connected user (NOPERM).
+
+    ``user`` is the Redis user that was denied, so the CLI can name the role a
+    command needs next to it.
+    """
+
+    def __init__(self, message: str, *, user: str) -> None:
+        super().__init__(message)
+        self.user = user

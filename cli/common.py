@@ -40,7 +40,7 @@ def cli_client(redis_url: str | None) -> tuple[redis.Redis, RedisSettings]:
 
     settings = settings_for(redis_url)
     client = connect(settings, retry_budget_s=ONE_SHOT_RETRY_BUDGET_S)
-    ping(client, settings)
+    ping(client, settings, budget_s=ONE_SHOT_RETRY_BUDGET_S)
     return client, settings
 
 
