@@ -223,7 +223,8 @@ def ping(
         raise auth_error(exc, peer) from None
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         waited = f" (gave up after about {budget_s:g} s of retries)" if budget_s else ""
+        reason = str(exc).rstrip(".")
         raise BrokerUnavailable(
-            f"cannot reach Redis at {peer.where}{waited}: {str(exc).rstrip('.')}. Start it (`arena-eval redis "
+            f"cannot reach Redis at {peer.where}{waited}: {reason}. Start it (`arena-eval redis "
             "start` for the embedded server) or pass --redis-url / ARENA_REDIS_URL."
         ) from None
