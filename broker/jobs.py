@@ -11,9 +11,10 @@ user's ``cancel`` race on the same record: a terminal state (completed,
 failed, cancelled) is final, whoever comes second. States are stored as
 readable strings so ``redis-cli HGET 'arena:job:{ID}' state`` tells the truth.
 
-Job records are kept after the job ends: they *are* the results. To delete a
-job, ``DEL`` its four keys (``job``, ``job_results``, ``job_stats``,
-``job_workers``) and ``ZREM`` it from ``jobs``; its units are gone by then.
+Job records are kept after the job ends: they *are* the results. ``prune``
+(``arena-eval jobs prune --older-than 7d``) deletes ended jobs' four keys
+(``job``, ``job_results``, ``job_stats``, ``job_workers``) and their ``jobs``
+entry once they are old enough; their units are gone by then.
 """
 
 from __future__ import annotations
@@ -177,15 +178,18 @@ class Job:
             state = JobState(d.get("state", ""))
         except ValueError:
             raise ConfigError(f"job {job_id} has an unknown state {d.get('state')!r}") from None
-        return cls(
-            job_id=job_id,
-            spec=JobSpec.from_json(d.get("spec", "{}")),
-            state=state,
-            reason=d.get("reason", ""),
-            created=float(d.get("created", 0.0)),
-            started=float(d["started"]) if d.get("started") else None,
-            finished=float(d["finished"]) if d.get("finished") else None,
-        )
+        try:
+            return cls(
+                job_id=job_id,
+                spec=JobSpec.from_json(d.get("spec", "{}")),
+                state=state,
+                reason=d.get("reason", ""),
+                created=float(d.get("created", 0.0)),
+                started=float(d["started"]) if d.get("started") else None,
+                finished=float(d["finished"]) if d.get("finished") else None,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"job {job_id} has a malformed timestamp: {exc}") from None
 
 
 def new_job_id(now: float | None = None) -> str:
@@ -234,22 +238,6 @@ def latest_job_id(r: redis.Redis, keys: Keys) -> str:
     return text(ids[0])
 
 
-def list_jobs(r: redis.Redis, keys: Keys, limit: int = 50) -> list[tuple[Job, int, int]]:
-    """Newest first: (job, episodes done, successes), in one round trip."""
-    ids = [text(i) for i in r.zrevrange(keys.jobs(), 0, max(0, limit - 1))]
-    pipe = r.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hgetall(keys.job(job_id))
-        pipe.hmget(keys.job_stats(job_id), "episodes", "successes")
-    replies = pipe.execute()
-    out = []
-    for n, job_id in enumerate(ids):
-        data, (done, successes) = replies[2 * n], replies[2 * n + 1]
-        if data:
-            out.append((Job.from_hash(job_id, data), int(done or 0), int(successes or 0)))
-    return out
-
-
 def transition(
     r: redis.Redis,
     keys: Keys,
@@ -290,16 +278,29 @@ def fail(r: redis.Redis, keys: Keys, job_id: str, reason: str) -> bool:
     return moved
 
 
-def cancel(r: redis.Redis, keys: Keys, job_id: str) -> Job:
+@dataclass(frozen=True)
+class CancelOutcome:
+    """The job after a cancel, and whether this call cancelled it (False: it had ended)."""
+
+    job: Job
+    cancelled_now: bool
+
+
+def request_cancel(r: redis.Redis, keys: Keys, job_id: str) -> CancelOutcome:
     """Cancel a job and drop its queued units; workers on it stop within a heartbeat.
 
-    Cancelling a job that already ended is not an error: the record is
-    returned as it is, so the caller can say what state it ended in.
+    Cancelling a job that already ended is not an error: nothing changes, and
+    ``cancelled_now`` is False so the caller can say how it had ended.
     """
     get_job(r, keys, job_id)  # JobNotFound with the usual hint
-    transition(r, keys, job_id, JobState.CANCELLED, "cancelled by user")
+    moved = transition(r, keys, job_id, JobState.CANCELLED, "cancelled by user")
     drop_job_units(r, keys, job_id)
-    return get_job(r, keys, job_id)
+    return CancelOutcome(get_job(r, keys, job_id), moved)
+
+
+def cancel(r: redis.Redis, keys: Keys, job_id: str) -> Job:
+    """``request_cancel``, returning only the job record as it is now."""
+    return request_cancel(r, keys, job_id).job
 
 
 def job_state(r: redis.Redis, keys: Keys, job_id: str) -> JobState | None:
@@ -317,3 +318,71 @@ def _check_int(name: str, value: int | None, lo: int, hi: int) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise ConfigError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+
+
+# -- pruning ------------------------------------------------------------------------------
+# KEYS: job, results, stats, workers, jobs ZSET. ARGV: job id, cutoff (unix s), 1 = dry run.
+# An ended job (or a ZSET entry whose record is gone) whose end is before the cutoff loses its
+# keys; its end is 'finished', else its submit time. Returns {state, end} if pruned, else {}.
+_PRUNE = f"""
+local terminal = {TERMINAL_LUA}
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and not terminal[state] then return {{}} end
+local ended = redis.call('HGET', KEYS[1], 'finished')
+if not tonumber(ended or '') then ended = redis.call('ZSCORE', KEYS[5], ARGV[1]) end
+if not tonumber(ended or '') or tonumber(ended) >= tonumber(ARGV[2]) then return {{}} end
+if ARGV[3] ~= '1' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+end
+return {{state or '', ended}}
+"""
+_PRUNE_BATCH = 500
+
+
+@dataclass(frozen=True)
+class PrunedJob:
+    """A job whose keys ``prune`` deleted (or would delete, in a dry run)."""
+
+    job_id: str
+    state: str  # '' when only its entry in the jobs set was left
+    ended: float
+
+
+def prune(
+    r: redis.Redis, keys: Keys, older_than_s: float, *, dry_run: bool = False
+) -> list[PrunedJob]:
+    """Delete the keys of jobs that ended more than ``older_than_s`` ago, oldest first.
+
+    Only completed, failed and cancelled jobs go (queued, waiting and running
+    ones never do, nor records whose state is unreadable): the job hash, its
+    results, stats and workers hashes, and its entry in the jobs set. Each job
+    is checked and deleted in one script, so a job cannot start or end between
+    the check and the delete. ``dry_run`` makes the same checks and deletes nothing.
+    """
+    if older_than_s < 0:
+        raise ConfigError(f"older-than must not be negative, got {older_than_s}")
+    cutoff = time.time() - older_than_s
+    # a job submitted after the cutoff cannot have ended before it
+    ids = [text(i) for i in r.zrangebyscore(keys.jobs(), "-inf", f"({cutoff!r}")]
+    script = r.register_script(_PRUNE)
+    pruned: list[PrunedJob] = []
+    for start in range(0, len(ids), _PRUNE_BATCH):
+        batch = [i for i in ids[start : start + _PRUNE_BATCH] if _valid_job_id(i)]
+        pipe = r.pipeline(transaction=False)
+        for job_id in batch:
+            keys_ = [keys.job(job_id), keys.job_results(job_id), keys.job_stats(job_id),
+                     keys.job_workers(job_id), keys.jobs()]  # fmt: skip
+            script(keys=keys_, args=[job_id, repr(cutoff), int(dry_run)], client=pipe)
+        for job_id, reply in zip(batch, pipe.execute(), strict=True):
+            if reply:
+                pruned.append(PrunedJob(job_id, text(reply[0]), float(reply[1])))
+    return pruned
+
+
+def _valid_job_id(job_id: str) -> bool:
+    try:
+        check_name("job", job_id)
+    except ConfigError:
+        return False
+    return True

@@ -91,7 +91,7 @@ class LatencyHistogram:
             if name.startswith(HIST_PREFIX):
                 try:
                     out.counts[int(name[len(HIST_PREFIX) :])] = int(float(value))
-                except ValueError:
+                except (ValueError, OverflowError):
                     continue
         return out
 
@@ -144,7 +144,7 @@ def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "wilson_low": low,
         "wilson_high": high,
         "mean_length": mean(float(e["length"]) for e in episodes),
-        "mean_return": mean(float(e["return"]) for e in episodes),
+        "mean_return": mean(_num(e.get("return")) for e in episodes),
         "metric_means": {
             k: mean(_num((e.get("metrics") or {}).get(k)) for e in episodes) for k in keys
         },
@@ -159,14 +159,16 @@ def summarize_stats(stats: Mapping[str, Any], elapsed_s: float | None) -> dict[s
     """Status figures from a job's stats hash (counters, timing sums, histogram).
 
     The hash layout is documented in ``broker/results.py``; ``elapsed_s`` is the
-    job's running time so far (for steps/s).
+    job's running time so far (for steps/s). Give it ``results.checked_stats``:
+    a value that is not a finite number counts as missing here, silently.
     """
 
     def num(name: str) -> float:
         try:
-            return float(stats.get(name, 0) or 0)
+            value = float(stats.get(name, 0) or 0)
         except ValueError:
             return 0.0
+        return value if math.isfinite(value) else 0.0
 
     episodes = int(num("episodes"))
     successes = int(num("successes"))

@@ -33,13 +33,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import redis
 
+from arena_eval.broker.fields import as_text, number, warn_field
 from arena_eval.broker.jobs import TERMINAL_LUA
 from arena_eval.broker.keys import Keys
-from arena_eval.broker.units import text
+from arena_eval.broker.metrics import HIST_PREFIX
 
 #: Fixed leading columns of ``results --format csv`` (then ``m.<metric>``, sorted).
 RESULT_COLUMNS = (
@@ -137,25 +139,107 @@ def existing(r: redis.Redis, keys: Keys, job_id: str, indices: Iterable[int]) ->
     return {i for i, present in zip(idx, pipe.execute(), strict=True) if present}
 
 
-def read_results(r: redis.Redis, keys: Keys, job_id: str) -> list[dict[str, Any]]:
-    """Every stored episode result, sorted by index."""
+def read_results(
+    r: redis.Redis, keys: Keys, job_id: str, warnings: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every stored episode result, sorted by index.
+
+    A field that is not a result this module wrote (not JSON, not an object, a
+    missing or mistyped column) is skipped with a warning in ``warnings``.
+    """
+    warnings = [] if warnings is None else warnings
+    key = keys.job_results(job_id)
     out = []
-    for _field, raw in r.hscan_iter(keys.job_results(job_id), count=1000):
+    for field, raw in r.hscan_iter(key, count=1000):
         try:
-            out.append(json.loads(raw))
+            episode = json.loads(raw)
         except ValueError:
-            continue  # not ours (written by hand): skip rather than break the listing
-    out.sort(key=lambda e: int(e.get("index", -1)))
+            warn_field(warnings, key, field, raw, "not valid JSON; skipped")
+            continue
+        problem = episode_problem(episode)
+        if problem:
+            warn_field(warnings, key, field, raw, f"{problem}; skipped")
+            continue
+        out.append(episode)
+    out.sort(key=lambda e: int(e["index"]))
     return out
 
 
+def episode_problem(episode: Any) -> str:
+    """Why ``episode`` is not a result dict as documented above ('' if it is one)."""
+    if not isinstance(episode, dict):
+        return "not a JSON object"
+    if not _is_int(episode.get("index")) or episode["index"] < 0:
+        return "'index' is not a non-negative integer"
+    if not _is_number(episode.get("length")):
+        return "'length' is not a number"
+    for name in ("return", "seed", "wall_s", "finished_at"):
+        if episode.get(name) is not None and not _is_number(episode[name]):
+            return f"{name!r} is not a number"
+    if not isinstance(episode.get("success", False), bool):
+        return "'success' is not true or false"
+    if episode.get("worker") is not None and not isinstance(episode["worker"], str):
+        return "'worker' is not a string"
+    metrics = episode.get("metrics")
+    if metrics is not None and not (
+        isinstance(metrics, dict) and all(v is None or _is_number(v) for v in metrics.values())
+    ):
+        return "'metrics' is not an object of numbers"
+    return ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_stats(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, str]:
-    return {text(k): text(v) for k, v in r.hgetall(keys.job_stats(job_id)).items()}
+    """The stats hash as stored (strings); ``checked_stats`` parses it for reports."""
+    return {as_text(k): as_text(v) for k, v in r.hgetall(keys.job_stats(job_id)).items()}
 
 
-def read_workers(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, float]:
-    """Worker id -> last time it recorded progress on the job."""
-    return {text(k): float(v) for k, v in r.hgetall(keys.job_workers(job_id)).items()}
+#: Stats fields that only ever count up from zero (histogram buckets are counters too).
+COUNTER_FIELDS = frozenset({"episodes", "successes", "length_sum", "steps", "requests", "rows"})
+
+
+def checked_stats(stats: Mapping[str, str], key: str, warnings: list[str]) -> dict[str, float]:
+    """Numeric stats fields; a field that is not a number (a counter: not a non-negative
+    integer, a histogram bucket: not ``h:<integer>``) is left out with a warning."""
+    out: dict[str, float] = {}
+    for name, raw in stats.items():
+        bucket = name.startswith(HIST_PREFIX)
+        if bucket and not _is_int_text(name[len(HIST_PREFIX) :]):
+            warn_field(warnings, key, name, raw, "not a histogram bucket h:<integer>; ignored")
+            continue
+        value = number(warnings, key, name, raw, counter=bucket or name in COUNTER_FIELDS)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _is_int_text(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def read_workers(
+    r: redis.Redis, keys: Keys, job_id: str, warnings: list[str] | None = None
+) -> dict[str, float]:
+    """Worker id -> last time it recorded progress on the job (bad times: warned, left out)."""
+    warnings = [] if warnings is None else warnings
+    key = keys.job_workers(job_id)
+    out = {}
+    for worker, raw in r.hgetall(key).items():
+        seen = number(warnings, key, worker, raw)
+        if seen is not None:
+            out[as_text(worker)] = seen
+    return out
 
 
 def metric_columns(episodes: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -164,12 +248,24 @@ def metric_columns(episodes: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def episode_rows(episodes: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows for tabular output: RESULT_COLUMNS, then the metric columns."""
+    """Header and rows for tabular output: RESULT_COLUMNS, then the metric columns.
+
+    ``finished_at`` becomes ISO 8601 in UTC (``2026-12-01T10:17:01Z``): a spreadsheet or
+    pandas reads that as a time, where an epoch float is just a large number.
+    """
     mcols = metric_columns(episodes)
     header = [*RESULT_COLUMNS, *mcols]
     rows = []
     for e in episodes:
         metrics = e.get("metrics") or {}
         row = [e.get(c) for c in RESULT_COLUMNS] + [metrics.get(c[2:]) for c in mcols]
+        row[RESULT_COLUMNS.index("finished_at")] = iso_utc(e.get("finished_at"))
         rows.append(row)
     return header, rows
+
+
+def iso_utc(ts: float | None) -> str | None:
+    """Unix seconds as ISO 8601 UTC to the second, e.g. ``2026-12-01T10:17:01Z``."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -7,8 +7,13 @@ counters and the histogram (O(1) in the number of episodes); only
 ``results_report`` reads every episode.
 
 A job that is not moving gets a ``hint``: no live sim worker at all, or no
-live policy worker on its pool. Without it, ``queued`` forever would be a
-silent hang from the user's side.
+live policy worker on its pool (queued, or running on a pool that lost every
+worker). Without it, ``queued`` forever would be a silent hang from the
+user's side.
+
+Every report reads data that anyone could have written with redis-cli, so
+none of them raises on a bad field: each one goes to the caller's
+``warnings`` list, naming its key and field, and the report carries on.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from typing import Any
 import redis
 
 from arena_eval.broker import fleet, pool
-from arena_eval.broker.jobs import Job, JobState, get_job, latest_job_id, list_jobs
+from arena_eval.broker.job_view import JobView, list_job_views, read_job_view
+from arena_eval.broker.jobs import JobState, latest_job_id
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import ratio, summarize_episodes, summarize_stats
-from arena_eval.broker.results import read_results, read_stats, read_workers
+from arena_eval.broker.results import checked_stats, read_results, read_stats, read_workers
 
 
 def resolve_job_id(r: redis.Redis, keys: Keys, job_id: str | None) -> str:
@@ -30,12 +36,18 @@ def resolve_job_id(r: redis.Redis, keys: Keys, job_id: str | None) -> str:
     return job_id or latest_job_id(r, keys)
 
 
-def job_status(r: redis.Redis, keys: Keys, job_id: str | None = None) -> dict[str, Any]:
-    """Everything ``arena-eval status`` shows, JSON-ready."""
-    job = get_job(r, keys, resolve_job_id(r, keys, job_id))
+def job_status(
+    r: redis.Redis, keys: Keys, job_id: str | None = None, warnings: list[str] | None = None
+) -> dict[str, Any]:
+    """Everything ``arena-eval status`` shows, JSON-ready; bad fields go to ``warnings``."""
+    warnings = [] if warnings is None else warnings
+    job = read_job_view(r, keys, resolve_job_id(r, keys, job_id), warnings)
     now = time.time()
-    stats = summarize_stats(read_stats(r, keys, job.job_id), job.elapsed_s(now))
-    workers = read_workers(r, keys, job.job_id)
+    raw_stats = read_stats(r, keys, job.job_id)
+    stats = summarize_stats(
+        checked_stats(raw_stats, keys.job_stats(job.job_id), warnings), job.elapsed_s(now)
+    )
+    workers = read_workers(r, keys, job.job_id, warnings)
     out: dict[str, Any] = {
         **job.to_dict(),
         **stats,
@@ -50,43 +62,56 @@ def job_status(r: redis.Redis, keys: Keys, job_id: str | None = None) -> dict[st
     return out
 
 
-def _hint(r: redis.Redis, keys: Keys, job: Job) -> str:
-    if job.state.terminal:
+def _hint(r: redis.Redis, keys: Keys, job: JobView) -> str:
+    if job.terminal or job.known_state is None:
         return ""
     if not fleet.live_sim_workers(r, keys):
         return "no live sim worker: start one with `arena-eval sim serve`"
-    if job.state is JobState.QUEUED and not pool.live_workers(r, keys, job.spec.pool):
+    spec = job.valid_spec
+    if spec is None or job.known_state is JobState.WAITING_FOR_POOL:
+        return ""  # a waiting job's reason already says which pool it waits for
+    if not pool.live_workers(r, keys, spec.pool):
+        lost = " (it lost every worker)" if job.known_state is JobState.RUNNING else ""
         return (
-            f"no live policy worker serves pool {job.spec.pool!r}; start one with "
-            f"`arena-eval policy serve --pool {job.spec.pool} ...`"
+            f"no live policy worker serves pool {spec.pool!r}{lost}; start one with "
+            f"`arena-eval policy serve --pool {spec.pool} --policy ...`"
         )
     return ""
 
 
-def results_report(r: redis.Redis, keys: Keys, job_id: str) -> dict[str, Any]:
-    """Metrics over finished episodes plus every episode's result, sorted by index."""
-    job = get_job(r, keys, job_id)
-    episodes = read_results(r, keys, job_id)
+def results_report(
+    r: redis.Redis, keys: Keys, job_id: str | None = None, warnings: list[str] | None = None
+) -> dict[str, Any]:
+    """Metrics over finished episodes plus every episode's result, sorted by index.
+
+    ``job_id`` None means the latest job; results that do not parse go to ``warnings``.
+    """
+    warnings = [] if warnings is None else warnings
+    job = read_job_view(r, keys, resolve_job_id(r, keys, job_id), warnings)
+    episodes = read_results(r, keys, job.job_id, warnings)
     return {
         "job_id": job.job_id,
-        "state": job.state.value,
+        "state": job.state,
         "reason": job.reason,
-        "spec": job.to_dict()["spec"],
+        "spec": job.spec,
         "metrics": summarize_episodes(episodes),
         "episodes": episodes,
     }
 
 
-def jobs_report(r: redis.Redis, keys: Keys, limit: int = 50) -> list[dict[str, Any]]:
-    """One row per job, newest first."""
+def jobs_report(
+    r: redis.Redis, keys: Keys, limit: int = 50, warnings: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per job, newest first; a job with bad fields is listed with them warned about."""
+    warnings = [] if warnings is None else warnings
     rows = []
-    for job, done, successes in list_jobs(r, keys, limit):
+    for job, done, successes in list_job_views(r, keys, limit, warnings):
         rows.append(
             {
                 "job_id": job.job_id,
-                "task": job.spec.task,
-                "pool": job.spec.pool,
-                "state": job.state.value,
+                "task": job.spec.get("task"),
+                "pool": job.spec.get("pool"),
+                "state": job.state,
                 "reason": job.reason,
                 "episodes_done": done,
                 "total": job.total,

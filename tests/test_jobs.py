@@ -268,9 +268,10 @@ def test_no_pool_says_waiting_for_pool_then_runs(
         assert shown.exit_code == 0
         text = " ".join(shown.stdout.split())
         assert "waiting_for_pool" in text and "arena-eval policy serve --pool later" in text
-        # the worker holds its unit's lease while it waits, and the job is not lost
+        # while the pool is missing the unit goes back to the queue (the worker stays free for
+        # other jobs), and the job is not lost
         time.sleep(0.5)
-        assert r.xpending(keys.units(), SIM_GROUP)["pending"] == 1
+        assert [u.job_id for u in units.iter_units(r, keys)] == [job_id]
         policy = PolicyWorker("later", ZeroPolicy(action_shape="1x1"), settings)
         threading.Thread(target=policy.run, daemon=True).start()
 
