@@ -58,6 +58,8 @@ POLL_S = 0.5
 #: Exit status after Ctrl-C (128 + SIGINT), as a shell reports it.
 EXIT_INTERRUPTED = 130
 _ENDED = frozenset(s.value for s in TERMINAL)
+#: Terminal width from which ``jobs`` adds the created column.
+WIDE_COLUMNS = 100
 
 
 def _open(redis_url: str | None) -> tuple[redis.Redis, Keys]:
@@ -355,32 +357,34 @@ def jobs_cmd(
     if not rows:
         console.print("no jobs yet: `arena-eval submit --task TASK --pool POOL --episodes N`")
         return
-    id_width = max(len(j["job_id"]) for j in rows)
+    # ids never wrap (a cut id is useless); task and pool fold; at under 100 columns the
+    # created column goes (the id starts with the UTC submit time)
+    wide = console.width >= WIDE_COLUMNS
     table = Table(
-        Column("job", no_wrap=True, min_width=id_width),  # an id cut short is useless
+        Column("job", no_wrap=True, min_width=max(len(j["job_id"]) for j in rows)),
         Column("task", overflow="fold"),
         Column("pool", overflow="fold"),
         Column("state", no_wrap=True),
         Column("done", no_wrap=True),
         Column("success", no_wrap=True),
-        Column("created", no_wrap=True),
+        *([Column("created", no_wrap=True)] if wide else []),
         box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
     )
     for j in rows:
-        cells = (
+        cells = [
             j["job_id"], _text(j["task"]), _text(j["pool"]), j["state"],
-            f"{j['episodes_done']}/{j['total']}", _f(j["success_rate"]), _short_when(j["created"]),
-        )  # fmt: skip
+            f"{j['episodes_done']}/{j['total']}", _f(j["success_rate"]),
+        ]  # fmt: skip
+        if wide:
+            cells.append(_when(j["created"])[5:16] if j["created"] else "-")  # MM-DD HH:MM
         table.add_row(*(escape(c) for c in cells))
     console.print(table)
 
 
 def _text(value: Any) -> str:
     return "-" if value is None else str(value)
-
-
-def _short_when(ts: float | None) -> str:
-    return "-" if not ts else datetime.fromtimestamp(ts).strftime("%m-%d %H:%M")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
