@@ -1,16 +1,27 @@
-"""``arena-eval policy serve`` and ``arena-eval pools``: parse, hand off, print."""
+"""``arena-eval policy serve|describe`` and ``arena-eval pools``: parse, hand off, print."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from arena_eval.broker.connection import connect
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import describe_pool, pool_names
-from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
+from arena_eval.cli.common import (
+    JSON_OPTION,
+    REDIS_URL_OPTION,
+    cli_client,
+    console,
+    print_json,
+    settings_for,
+)
+
+if TYPE_CHECKING:
+    from arena_eval.policy_worker.server import PolicyWorker
 
 app = typer.Typer(help="Run policy workers (the model pool).", no_args_is_help=True)
 
@@ -34,23 +45,38 @@ def serve_cmd(
     claim_idle_ms: int = typer.Option(
         5000, "--claim-idle-ms", help="Take over requests pending this long on a dead worker."
     ),
-    max_deliveries: int = typer.Option(3, "--max-deliveries", help="Then dead-letter."),
-    worker_id: str | None = typer.Option(None, "--worker-id"),
+    max_deliveries: int = typer.Option(
+        3, "--max-deliveries", help="Dead-letter a request delivered more times than this."
+    ),
+    worker_id: str | None = typer.Option(
+        None, "--worker-id", help="Consumer name in the pool (default: host-pid-random)."
+    ),
     burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty (tests)."),
     redis_url: str | None = REDIS_URL_OPTION,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Serve a policy to a pool until SIGTERM/SIGINT."""
     from arena_eval.policy_worker.registry import parse_policy_args
-    from arena_eval.policy_worker.serve import build_worker, serve
+    from arena_eval.policy_worker.serve import serve_pool
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     settings = settings_for(redis_url)
-    worker = build_worker(
+
+    def announce(worker: PolicyWorker) -> None:
+        console.print(
+            f"policy worker [bold]{escape(worker.worker_id)}[/] serving pool "
+            f"[bold]{escape(pool)}[/] ({escape(worker.spec.name)}, actions "
+            f"{list(worker.spec.action_shape)}) on {escape(settings.masked_url())}",
+            highlight=False,
+        )
+
+    stats = serve_pool(
         pool,
         policy,
         parse_policy_args(policy_arg),
         settings,
+        burst=burst,
+        on_serving=announce,
         device=device,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -59,16 +85,56 @@ def serve_cmd(
         worker_id=worker_id,
     )
     console.print(
-        f"policy worker [bold]{worker.worker_id}[/] serving pool [bold]{pool}[/] "
-        f"({worker.spec.name}, actions {list(worker.spec.action_shape)}) on "
-        f"{settings.masked_url()}",
-        highlight=False,
-    )
-    stats = serve(worker, burst=burst)
-    console.print(
         f"stopped: {stats.requests} requests in {stats.batches} batches, "
         f"{stats.dead_letters} dead letters",
         highlight=False,
+    )
+
+
+@app.command("describe")
+def describe_cmd(
+    name: str = typer.Argument(
+        ..., help="Built-in name (zero, random, metaworld-expert, torch) or module:Class."
+    ),
+    policy_arg: list[str] = typer.Option(
+        [],
+        "--policy-arg",
+        help="Policy argument k=v (repeatable); with every required one, the spec is shown.",
+    ),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """Describe a policy: what it does, its arguments (type, default, help) and its spec."""
+    from arena_eval.policy_worker.describe import describe_policy
+    from arena_eval.policy_worker.registry import parse_policy_args
+
+    info = describe_policy(name, parse_policy_args(policy_arg))
+    if json_out:
+        print_json(info)
+        return
+    console.print(f"[bold]{escape(info['policy'])}[/]  {escape(info['source'])}", highlight=False)
+    console.print(escape(info["description"]) or "(no description)", highlight=False)
+    table = Table("argument", "type", "default", "help", title="arguments (--policy-arg k=v)")
+    for a in info["arguments"]:
+        default = "(required)" if a["required"] else repr(a["default"])
+        table.add_row(escape(a["name"]), escape(a["type"]), escape(default), escape(a["help"]))
+    console.print(table if info["arguments"] else "arguments: none")
+    if info["spec"] is not None:
+        console.print(f"spec: {escape(_spec_text(info['spec']))}", highlight=False)
+    elif info["spec_note"]:
+        console.print(f"spec: {escape(info['spec_note'])}", highlight=False)
+
+
+def _spec_text(spec: dict[str, Any]) -> str:
+    obs = spec.get("observations")
+    obs_text = (
+        "any" if obs is None else ", ".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in obs.items())
+    )
+    tasks = spec.get("tasks")
+    identity = spec.get("policy") or {}
+    digest = f" digest={identity.get('digest')}" if identity.get("digest") else ""
+    return (
+        f"{spec.get('name')} v{spec.get('version')}{digest}  actions={spec.get('action_shape')} "
+        f"{spec.get('action_dtype')}  obs={obs_text}  tasks={'any' if tasks is None else tasks}"
     )
 
 
@@ -77,8 +143,7 @@ def pools_cmd(
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """List model pools: spec, live workers, pending requests and dead letters."""
-    settings = settings_for(redis_url)
-    r = connect(settings)
+    r, settings = cli_client(redis_url)
     keys = Keys(settings.prefix)
     pools = [describe_pool(r, keys, name) for name in pool_names(r, keys)]
     if json_out:
@@ -88,16 +153,8 @@ def pools_cmd(
         console.print("no pools yet: start one with `arena-eval policy serve --pool NAME ...`")
         return
     for p in pools:
-        spec = p["spec"] or {}
-        obs = spec.get("observations")
-        obs_text = (
-            "any"
-            if obs is None
-            else ", ".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in obs.items())
-        )
         console.print(
-            f"[bold]{p['pool']}[/]  policy={spec.get('name')} v{spec.get('version')}  "
-            f"actions={spec.get('action_shape')}  obs={obs_text}  "
+            f"[bold]{escape(p['pool'])}[/]  policy={escape(_spec_text(p['spec'] or {}))}  "
             f"pending={p['pending_requests']}  dead_letters={p['dead_letters']}",
             highlight=False,
         )
@@ -105,9 +162,9 @@ def pools_cmd(
         table.add_column("worker", no_wrap=True)
         for w in p["workers"]:
             table.add_row(
-                str(w["host"]), str(w["state"]), f"{w['heartbeat_age_s']:.1f}s",
+                escape(str(w["host"])), escape(str(w["state"])), f"{w['heartbeat_age_s']:.1f}s",
                 f"{w['batches_per_s']:.2f}", f"{w['mean_batch_rows']:.2f}", str(w["requests"]),
-                w["worker_id"],
+                escape(str(w["worker_id"])),
             )  # fmt: skip
         if not p["workers"]:
             console.print("  no live workers")

@@ -22,10 +22,25 @@ from arena_eval.broker.wire import Arg
 
 REPLY_STREAM_MAXLEN = 64
 REPLY_STREAM_TTL_S = 600
-DEAD_STREAM_MAXLEN = 10_000
-#: Payloads above this are kept only as their first DEAD_PAYLOAD_KEEP_BYTES in dead letters.
-DEAD_PAYLOAD_MAX_BYTES = 1 << 20
-DEAD_PAYLOAD_KEEP_BYTES = 64 << 10
+
+# Dead letters are bounded in bytes, per pool: at most DEAD_STREAM_MAXLEN entries
+# (exact trimming), each at most about DEAD_ENTRY_MAX_BYTES, so a pool's dead-letter
+# stream holds at most DEAD_STREAM_MAX_BYTES of field data whatever is thrown at it.
+DEAD_STREAM_MAXLEN = 1000
+#: Original field values above this are kept as their first DEAD_PAYLOAD_KEEP_BYTES.
+DEAD_PAYLOAD_MAX_BYTES = 4 << 10
+DEAD_PAYLOAD_KEEP_BYTES = 4 << 10
+#: At most this many original fields are copied (a request has 3: rid, reply, d or shm).
+DEAD_MAX_ORIG_FIELDS = 4
+DEAD_FIELD_NAME_MAX_BYTES = 64
+DEAD_REASON_MAX_CHARS = 1000
+#: Upper bound of one dead letter's field names and values (reason, routing, originals).
+DEAD_ENTRY_MAX_BYTES = (
+    DEAD_MAX_ORIG_FIELDS * (DEAD_PAYLOAD_MAX_BYTES + 2 * DEAD_FIELD_NAME_MAX_BYTES + 40)
+    + 4 * DEAD_REASON_MAX_CHARS  # the reason, UTF-8
+    + 1024  # worker id, stream, entry id, timestamps, field names
+)
+DEAD_STREAM_MAX_BYTES = DEAD_STREAM_MAXLEN * DEAD_ENTRY_MAX_BYTES
 
 
 @dataclass
@@ -60,19 +75,32 @@ def reply_commands(reply_key: str, msg: dict[str, Any]) -> list[list[Arg]]:
 
 
 def dead_letter_command(p: Pending, dead_stream: str, worker_id: str) -> list[Arg]:
-    """XADD to the dead-letter stream: the reason and the original fields (bounded in size)."""
+    """XADD to the dead-letter stream: the reason and the original fields, bounded in bytes.
+
+    A value over ``DEAD_PAYLOAD_MAX_BYTES`` is kept as its first
+    ``DEAD_PAYLOAD_KEEP_BYTES`` plus ``orig:<name>:bytes`` (its full size);
+    the reason, field names and field count are clipped too, so one entry
+    never exceeds ``DEAD_ENTRY_MAX_BYTES``, whatever the request held.
+    """
+    reason = p.error or ""
+    if len(reason) > DEAD_REASON_MAX_CHARS:
+        reason = reason[: DEAD_REASON_MAX_CHARS - 3] + "..."
     dead: list[Arg] = [
-        "XADD", dead_stream, "MAXLEN", "~", DEAD_STREAM_MAXLEN, "*",
-        "reason", p.error or "", "worker", worker_id, "stream", p.stream,
+        "XADD", dead_stream, "MAXLEN", DEAD_STREAM_MAXLEN, "*",
+        "reason", reason, "worker", worker_id, "stream", p.stream,
         "entry_id", p.entry_id, "at", f"{time.time():.3f}",
     ]  # fmt: skip
-    for k, v in p.fields.items():
-        name = b"orig:" + (k if isinstance(k, bytes) else str(k).encode())
-        if isinstance(v, bytes) and len(v) > DEAD_PAYLOAD_MAX_BYTES:
-            # the dead-letter stream is capped by count; keep it bounded in bytes too
-            dead += [name + b":bytes", len(v)]
-            v = v[:DEAD_PAYLOAD_KEEP_BYTES]
-        dead += [name, v]
+    items = list(p.fields.items())
+    if len(items) > DEAD_MAX_ORIG_FIELDS:
+        dead += ["orig_fields", len(items)]  # how many there were; the first ones are kept
+    for k, v in items[:DEAD_MAX_ORIG_FIELDS]:
+        key = k if isinstance(k, bytes) else str(k).encode()
+        name = b"orig:" + key[:DEAD_FIELD_NAME_MAX_BYTES]
+        value = v if isinstance(v, bytes) else str(v).encode()
+        if len(value) > DEAD_PAYLOAD_MAX_BYTES:
+            dead += [name + b":bytes", len(value)]
+            value = value[:DEAD_PAYLOAD_KEEP_BYTES]
+        dead += [name, value]
     return dead
 
 

@@ -23,12 +23,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 
-__all__ = ["Policy", "batch_rows", "check_actions"]
+__all__ = ["ArgDoc", "Policy", "batch_rows", "check_actions"]
+
+
+class ArgDoc(NamedTuple):
+    """One constructor argument as ``arena-eval policy describe`` shows it.
+
+    ``type`` says what the ``--policy-arg`` text must look like (``"int >= 1"``,
+    ``"HxA shape"``); the name and default come from the signature.
+    """
+
+    type: str
+    help: str
 
 
 class Policy(ABC):
@@ -37,8 +49,11 @@ class Policy(ABC):
     Constructors take keyword arguments only (strings when they come from the
     CLI's ``--policy-arg k=v``); each policy parses its own types and raises
     ``ConfigError`` naming the bad argument. Instances are used from one
-    thread at a time.
+    thread at a time. ``ARGS`` documents the arguments for
+    ``arena-eval policy describe``.
     """
+
+    ARGS: ClassVar[Mapping[str, ArgDoc]] = {}
 
     @abstractmethod
     def spec(self) -> PolicySpec:
@@ -58,6 +73,18 @@ class Policy(ABC):
 
         The default does nothing: most policies are stateless per request.
         """
+
+    def identity_params(self) -> Mapping[str, str] | None:
+        """The arguments that make this policy answer as it does, as text.
+
+        Part of the pool's identity check (``PolicySpec.policy``): a worker
+        whose identity differs from the live pool's is refused. Leave out
+        runtime-only arguments (device, threads), so workers on different
+        devices can share a pool; name a checkpoint by its content hash, not
+        its path. The default ``None`` means "every argument it was built
+        with" (``policy_worker.identity``).
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release models, device memory, file handles. Default: nothing to release."""

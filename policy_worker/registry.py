@@ -39,6 +39,7 @@ __all__ = [
     "import_object",
     "load_policy",
     "parse_policy_args",
+    "resolve_factory",
 ]
 
 ENTRY_POINT_GROUP = "arena_eval.policies"
@@ -254,14 +255,26 @@ def load_policy(name_or_path: str, args: Mapping[str, str] | None = None) -> Pol
     return a ``Policy``. Other exceptions from the policy's constructor (e.g.
     out of device memory) propagate unchanged.
     """
-    name = name_or_path.strip()
-    if not name:
-        raise UnknownPolicy(f"no policy given. A policy is given as {_SYNTAXES}.")
     kwargs = dict(args or {})
     for key in kwargs:
         if not isinstance(key, str) or not key.isidentifier():
             raise ConfigError(f"policy argument name {key!r} is not a Python identifier")
+    what, factory_obj = resolve_factory(name_or_path)
+    _bind_args(what, factory_obj, kwargs)
+    policy = factory_obj(**kwargs)
+    if not isinstance(policy, Policy):
+        raise ConfigError(
+            f"policy {what} returned a {type(policy).__name__}, expected an instance of "
+            "arena_eval.policy_worker.policy.Policy"
+        )
+    return policy
 
+
+def resolve_factory(name_or_path: str) -> tuple[str, Callable[..., object]]:
+    """``(description, class or factory)`` for a name or import path, without calling it."""
+    name = name_or_path.strip()
+    if not name:
+        raise UnknownPolicy(f"no policy given. A policy is given as {_SYNTAXES}.")
     if ":" in name:
         what = repr(name)
         factory_obj = import_object(name)
@@ -278,11 +291,4 @@ def load_policy(name_or_path: str, args: Mapping[str, str] | None = None) -> Pol
             f"policy {what} is the class {factory_obj.__qualname__}, which does not subclass "
             "arena_eval.policy_worker.policy.Policy"
         )
-    _bind_args(what, factory_obj, kwargs)
-    policy = factory_obj(**kwargs)
-    if not isinstance(policy, Policy):
-        raise ConfigError(
-            f"policy {what} returned a {type(policy).__name__}, expected an instance of "
-            "arena_eval.policy_worker.policy.Policy"
-        )
-    return policy
+    return what, factory_obj

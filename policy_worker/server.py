@@ -6,6 +6,13 @@ gather up to ``max_batch`` rows, runs **one** ``policy.infer`` on the whole
 batch, splits the ``(B, H, A)`` chunks back per request, and sends all the
 replies plus the XACK/XDEL in one pipelined round trip.
 
+``max_batch`` caps *rows* per ``policy.infer`` call, never requests: it is
+what a model's memory is sized for. A request that would push the batch past
+the cap waits, first in line, for the next batch (``batching.take_rows``);
+one request larger than the cap alone is split into calls of at most
+``max_batch`` rows whose outputs are concatenated (splitting, not refusing:
+the sim asked for a legal batch, and rows are independent to the serve loop).
+
 Failure semantics (each has a test):
 
 * A request left pending by a dead worker is taken over with XAUTOCLAIM once
@@ -31,6 +38,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -55,6 +63,7 @@ from arena_eval.broker.protocol import (
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.broker.wire import Arg, DedicatedConnection, execute_chain
+from arena_eval.policy_worker.batching import infer_capped, read_count, take_rows, total_rows
 from arena_eval.policy_worker.entries import (
     Pending,
     dead_letter_command,
@@ -63,6 +72,7 @@ from arena_eval.policy_worker.entries import (
     text,
 )
 from arena_eval.policy_worker.entries import rows as entry_rows
+from arena_eval.policy_worker.identity import identify
 from arena_eval.policy_worker.policy import Policy
 from arena_eval.policy_worker.stats import WorkerStats
 
@@ -91,6 +101,7 @@ class PolicyWorker:
         worker_id: str | None = None,
         block_ms: int = 200,
         hung_after_s: float = 300.0,
+        policy_args: Mapping[str, Any] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ArenaEvalError(f"max_batch must be >= 1, got {max_batch}")
@@ -109,7 +120,8 @@ class PolicyWorker:
         self.block_ms = block_ms
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.host_id = shm.host_id()
-        self.spec: PolicySpec = policy.spec()
+        # the arguments it was built with feed its identity, unless it declares its own
+        self.spec: PolicySpec = identify(policy, policy_args)
         self.streams = [
             self.keys.pool_requests(pool_name),
             self.keys.pool_host_requests(pool_name, self.host_id),
@@ -123,6 +135,9 @@ class PolicyWorker:
         self._recent_clients: dict[str, float] = {}
         self._conn = DedicatedConnection(self._r)
         self._prefetched: list[Pending] | None = None
+        # read, decoded and pending on us, but beyond the row cap: first in the next batch
+        self._carry: list[Pending] = []
+        self._rows_per_request = 1
         self._busy: tuple[float, list[Pending]] | None = None
         self.hung_after_s = hung_after_s
         self._hb_thread: threading.Thread | None = None
@@ -163,8 +178,13 @@ class PolicyWorker:
             self._registered = False
 
     def run(self, *, max_batches: int | None = None, burst: bool = False) -> WorkerStats:
-        """Serve until stopped; ``burst`` returns once the streams are empty (tests)."""
-        self.register()
+        """Serve until stopped; ``burst`` returns once the streams are empty (tests).
+
+        Registers first unless ``register()`` was already called (the CLI
+        does, so that it says "serving" only once the pool accepted it).
+        """
+        if not self._registered:
+            self.register()
         try:
             while not self._stop.is_set():
                 if max_batches is not None and self.stats.batches >= max_batches:
@@ -174,10 +194,12 @@ class PolicyWorker:
                     break
         finally:
             self._stop.set()
-            leftover, self._prefetched = self._prefetched, None
-            if leftover:  # read just before the stop: answer them rather than strand them
+            leftover = self._carry + (self._prefetched or [])
+            self._carry, self._prefetched = [], None
+            while leftover:  # read just before the stop: answer them rather than strand them
+                batch, leftover = take_rows(leftover, self.max_batch)
                 with contextlib.suppress(Exception):
-                    self._handle(leftover)
+                    self._handle(batch)
             self.deregister()
             self._conn.drop()
             self.policy.close()
@@ -189,8 +211,10 @@ class PolicyWorker:
             if time.monotonic() >= self._next_sweep:  # slots of crashed clients on this host
                 self._next_sweep = time.monotonic() + _SWEEP_S
                 shm.sweep_orphans()
-            first, self._prefetched = self._prefetched, None
-            items = self._reclaim_due() + self._gather(first)
+            queued = self._carry + (self._prefetched or [])
+            self._carry, self._prefetched = [], None
+            items = self._gather(queued + self._reclaim_due())
+            items, self._carry = take_rows(items, self.max_batch)
             if items:
                 self._prefetched = self._handle(items)
         except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
@@ -201,7 +225,7 @@ class PolicyWorker:
         except ResponseError as exc:
             if streams.group_lost(exc):
                 log.warning("request stream or group vanished (%s); recreating", exc)
-                self._prefetched = None
+                self._prefetched, self._carry = None, []
                 for stream in self.streams:
                     streams.ensure_group(self._r, stream, POLICY_GROUP)
                 pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
@@ -237,11 +261,15 @@ class PolicyWorker:
                 out.append(self._decode(Pending(name, entry_id, fields, now)))
         return out
 
-    def _gather(self, first: list[Pending] | None = None) -> list[Pending]:
-        items = first if first else self._read(self.max_batch, self.block_ms)
+    def _read_count(self, rows_in_hand: int) -> int:
+        return read_count(self.max_batch, rows_in_hand, self._rows_per_request)
+
+    def _gather(self, queued: list[Pending] | None = None) -> list[Pending]:
+        """Requests for one batch: ``queued`` ones first, then reads while rows fit the cap."""
+        items = queued if queued else self._read(self._read_count(0), self.block_ms)
         if not items:
             return items
-        rows = sum(entry_rows(p) for p in items)
+        rows = total_rows(items)
         now = time.monotonic()
         deadline = now + self.max_wait_ms / 1000.0
         clients = self._note_clients(items, now)
@@ -251,10 +279,10 @@ class PolicyWorker:
         # It also stops waiting as soon as every recently active client has a
         # request in the batch: nobody else is coming, so waiting is pure latency.
         while rows < self.max_batch and len(clients) < expected and not self._stop.is_set():
-            more = self._read(self.max_batch, None)
+            more = self._read(self._read_count(rows), None)
             if more:
                 items.extend(more)
-                rows += sum(entry_rows(p) for p in more)
+                rows += total_rows(more)
                 clients |= self._note_clients(more, time.monotonic())
                 continue
             remaining = deadline - time.monotonic()
@@ -426,9 +454,10 @@ class PolicyWorker:
         if starts:
             self.policy.reset(starts)
         rows = sum(entry_rows(p) for p in batch)
+        self._rows_per_request = max(1, rows // max(1, len(requests)))
         t0 = time.perf_counter()
-        self.stats.infer_calls += 1
-        actions = self.policy.infer(obs)
+        actions, calls = infer_capped(self.policy.infer, obs, rows, self.max_batch)
+        self.stats.infer_calls += calls
         infer_s = time.perf_counter() - t0
         self.stats.infer_s += infer_s
         expected = (rows, *self.spec.action_shape)
@@ -464,9 +493,12 @@ class PolicyWorker:
         for stream, ids in by_stream.items():
             commands.append(["XACK", stream, POLICY_GROUP, *ids])
             commands.append(["XDEL", stream, *ids])
-        read_next = not self._stop.is_set()
+        # with requests carried over, the next read must not block: they are due now
+        carried = total_rows(self._carry)
+        read_next = not self._stop.is_set() and carried < self.max_batch
         if read_next:
-            commands.append(self._read_command(self.max_batch, self.block_ms))
+            block = None if self._carry else self.block_ms
+            commands.append(self._read_command(self._read_count(carried), block))
         results = execute_chain(
             self._conn.get(), commands, timeout_s=_read_timeout(self.block_ms if read_next else 0)
         )
@@ -519,6 +551,7 @@ class PolicyWorker:
         since, batch = busy
         if time.monotonic() - since > self.hung_after_s:
             return
+        batch = batch + self._carry  # waiting behind this batch: not abandoned either
         by_stream: dict[str, list[bytes]] = {}
         for p in batch:
             by_stream.setdefault(p.stream, []).append(p.entry_id)

@@ -33,6 +33,12 @@ from arena_eval.sim_worker.envs.base import VectorEnv
 
 def spec_mismatch(env: VectorEnv, spec: PolicySpec, job: JobSpec) -> str | None:
     """Why the pool cannot drive this env (None if it can); checked before any request."""
+    if not spec.serves_task(job.task):
+        return (
+            f"pool {job.pool!r} serves policy {spec.name!r} for tasks {spec.describe_tasks()}, "
+            f"not task {job.task!r}; submit the job to a pool that serves that task "
+            "(`arena-eval pools` lists them) or start one with `arena-eval policy serve`"
+        )
     if env.action_dim() != spec.action_dim:
         return (
             f"task {job.task!r} takes {env.action_dim()}-dim actions but pool {job.pool!r} "

@@ -26,7 +26,7 @@ import numpy as np
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.spec import FieldSpec, PolicySpec, SpecMismatch
 from arena_eval.policy_worker.builtins.args import parse_int
-from arena_eval.policy_worker.policy import Policy, batch_rows
+from arena_eval.policy_worker.policy import ArgDoc, Policy, batch_rows
 
 __all__ = ["OBS_DIM", "OBS_KEY", "MetaWorldExpertPolicy", "expert_policy_class", "normalize_task"]
 
@@ -107,12 +107,20 @@ class MetaWorldExpertPolicy(Policy):
 
     Arguments: ``task`` (e.g. ``'door-open-v3'`` or ``'metaworld/door-open-v3'``),
     ``chunk`` (default 1: repeat the action H times). Spec: observations
-    ``{"state": float64 (39,)}``, action shape ``(chunk, 4)``, float32.
+    ``{"state": float64 (39,)}``, action shape ``(chunk, 4)``, float32, and
+    the one task it serves, so a job for another task fails with the reason.
 
     ``infer`` loops over rows (the experts are per-observation Python code)
     and hands each one a private float64 copy: the experts write into slices
     of their input, and batch arrays may be read-only views of a wire buffer.
     """
+
+    ARGS = {
+        "task": ArgDoc(
+            "Meta-World task", "The task whose scripted expert to serve, e.g. door-open-v3."
+        ),
+        "chunk": ArgDoc("int >= 1", "Chunk length H: the action is repeated H times."),
+    }
 
     def __init__(self, task: str, chunk: str | int = 1) -> None:
         self._task = normalize_task(task)
@@ -125,6 +133,7 @@ class MetaWorldExpertPolicy(Policy):
             observations={OBS_KEY: FieldSpec("float64", (OBS_DIM,))},
             action_dtype="float32",
             extra={"expert": cls.__name__},
+            tasks=(f"metaworld/{self._task}",),
         )
         # The experts' move() warns whenever a gain saturates ("Constant(s) may be
         # too high"), i.e. on most steps; the env clips actions to [-1, 1] anyway.
@@ -141,6 +150,9 @@ class MetaWorldExpertPolicy(Policy):
 
     def spec(self) -> PolicySpec:
         return self._spec
+
+    def identity_params(self) -> dict[str, str]:
+        return {"task": self._task, "chunk": str(self._chunk)}
 
     def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         rows = batch_rows(batch)

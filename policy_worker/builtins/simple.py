@@ -26,7 +26,7 @@ from arena_eval.policy_worker.builtins.args import (
     parse_int,
     parse_obs_spec,
 )
-from arena_eval.policy_worker.policy import Policy, batch_rows
+from arena_eval.policy_worker.policy import ArgDoc, Policy, batch_rows
 
 __all__ = ["RandomPolicy", "ZeroPolicy"]
 
@@ -47,6 +47,16 @@ class ZeroPolicy(Policy):
 
     ``B`` is the leading dimension of the first observation array.
     """
+
+    ARGS = {
+        "action_shape": ArgDoc("HxA shape", "Chunk length x action dim, e.g. 16x36."),
+        "obs": ArgDoc(
+            "key:dtype:shape,...",
+            "Observation spec sims are checked against, e.g. state:float32:39; "
+            "empty: accept any observation dict.",
+        ),
+        "action_dtype": ArgDoc("numpy dtype", "dtype of the actions, e.g. float32."),
+    }
 
     def __init__(
         self,
@@ -70,6 +80,9 @@ class ZeroPolicy(Policy):
     def spec(self) -> PolicySpec:
         return self._spec
 
+    def identity_params(self) -> dict[str, str]:
+        return {}  # shapes and dtypes are in the spec itself
+
     def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return np.zeros((batch_rows(batch), *self._tail), dtype=self._dtype)
 
@@ -82,6 +95,13 @@ class RandomPolicy(ZeroPolicy):
     seed and sequence of batch sizes; which sim gets which row depends on
     batching, so per-episode reproducibility is not promised.
     """
+
+    ARGS = {
+        **ZeroPolicy.ARGS,
+        "seed": ArgDoc("int >= 0", "Seed of the action generator."),
+        "low": ArgDoc("float", "Smallest action value."),
+        "high": ArgDoc("float", "Largest action value (>= low)."),
+    }
 
     def __init__(
         self,
@@ -103,6 +123,9 @@ class RandomPolicy(ZeroPolicy):
     @classmethod
     def _policy_name(cls) -> str:
         return "random"
+
+    def identity_params(self) -> dict[str, str]:
+        return {"seed": str(self._seed), "low": repr(self._low), "high": repr(self._high)}
 
     def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         shape = (batch_rows(batch), *self._tail)

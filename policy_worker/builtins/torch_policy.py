@@ -18,6 +18,7 @@ users. This module is about running the model fast and safely:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import warnings
 from collections.abc import Mapping
@@ -43,7 +44,7 @@ from arena_eval.policy_worker.builtins.torch_checkpoint import (
     torch_dtype,
     write_sidecar_spec,
 )
-from arena_eval.policy_worker.policy import Policy, batch_rows, check_actions
+from arena_eval.policy_worker.policy import ArgDoc, Policy, batch_rows, check_actions
 
 try:
     import torch
@@ -131,6 +132,14 @@ def torch_device_summary() -> str:
     return ", ".join(parts)
 
 
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 # -- the policy ------------------------------------------------------------------------
 class _PinnedStaging:
     """Reusable pinned host buffers, one per name, grown (to a power-of-two row count)."""
@@ -176,6 +185,19 @@ class TorchPolicy(Policy):
     thread: the pinned staging buffers are reused across calls.
     """
 
+    ARGS = {
+        "path": ArgDoc("file", "The checkpoint (TorchScript, torch.export or state_dict)."),
+        "device": ArgDoc("auto|cpu|cuda[:N]", "Where to run; auto: cuda if available, else cpu."),
+        "dtype": ArgDoc("fp32|bf16|fp16", "Autocast dtype of the forward pass."),
+        "spec_path": ArgDoc("file", "A PolicySpec JSON file that overrides the checkpoint's."),
+        "format": ArgDoc(
+            "auto|torchscript|export|state_dict", "Checkpoint format; auto: from its contents."
+        ),
+        "warmup": ArgDoc("bool", "Run one all-zero row at load, so a bad model fails at start."),
+        "threads": ArgDoc("int >= 1", "torch.set_num_threads for CPU inference."),
+        "copy_inputs": ArgDoc("bool", "Copy read-only inputs first, for models that modify them."),
+    }
+
     def __init__(
         self,
         path: str,
@@ -192,6 +214,8 @@ class TorchPolicy(Policy):
         if key not in _AUTOCAST:
             raise ConfigError(f"dtype: expected 'fp32', 'bf16' or 'fp16', got {dtype!r}")
         self._autocast_dtype = _AUTOCAST[key]
+        self._dtype_key = "fp32" if self._autocast_dtype is None else str(self._autocast_dtype)
+        self._checkpoint_sha256: str | None = None
         if threads is not None:
             torch.set_num_threads(parse_int(threads, "threads", minimum=1))
         self._model, self._spec, self._format = load_model(
@@ -221,6 +245,12 @@ class TorchPolicy(Policy):
 
     def spec(self) -> PolicySpec:
         return self._spec
+
+    def identity_params(self) -> dict[str, str]:
+        """The checkpoint by content (not path: hosts differ) and the autocast dtype."""
+        if self._checkpoint_sha256 is None:
+            self._checkpoint_sha256 = _file_sha256(self._path)
+        return {"checkpoint_sha256": self._checkpoint_sha256, "dtype": self._dtype_key}
 
     # -- inference ---------------------------------------------------------------------
     def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:

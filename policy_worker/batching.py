@@ -1,0 +1,71 @@
+"""The row cap: ``max_batch`` bounds the rows of every ``policy.infer`` call.
+
+Why rows and not requests: a model's memory is sized for a number of rows
+(the CLI's help says "most rows per forward pass"), and one request may carry
+many (a sim with 24 envs sends 24). Counting requests let 8 requests of 3
+rows become a 24-row forward pass. Two rules keep the cap exact and fair:
+
+* ``take_rows`` fills a batch in arrival order and stops at the first request
+  that would not fit; it and everything after it wait, first in line, for the
+  next batch (nothing is skipped over, dropped or reordered).
+* ``infer_capped`` runs a batch larger than the cap -- only ever one request
+  on its own -- as consecutive calls of at most ``max_batch`` rows and
+  concatenates the outputs. Splitting rather than refusing: the sim asked for
+  something legal, and rows are independent as far as the serve loop knows
+  (a policy that couples rows within a call could not be batched across sims
+  either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from arena_eval.policy_worker.entries import Pending, rows
+
+__all__ = ["infer_capped", "read_count", "take_rows", "total_rows"]
+
+
+def total_rows(items: Sequence[Pending]) -> int:
+    return sum(rows(p) for p in items)
+
+
+def take_rows(items: list[Pending], max_rows: int) -> tuple[list[Pending], list[Pending]]:
+    """Split ``items`` into a batch of at most ``max_rows`` rows and the rest, in order.
+
+    The first item is always taken (a lone oversized request is split later
+    by ``infer_capped``); entries that failed to decode count as 0 rows.
+    """
+    taken = 0
+    for i, p in enumerate(items):
+        n = rows(p)
+        if i > 0 and taken + n > max_rows:
+            return items[:i], items[i:]
+        taken += n
+    return items, []
+
+
+def read_count(max_rows: int, rows_in_hand: int, rows_per_request: int) -> int:
+    """How many entries to read: about enough to fill the batch, so few wait behind it."""
+    room = max(0, max_rows - rows_in_hand)
+    per = max(1, rows_per_request)
+    return max(1, -(-room // per))
+
+
+def infer_capped(
+    infer: Callable[[dict[str, np.ndarray]], np.ndarray],
+    obs: dict[str, np.ndarray],
+    n_rows: int,
+    max_rows: int,
+) -> tuple[np.ndarray, int]:
+    """``infer(obs)`` in calls of at most ``max_rows`` rows; return (actions, calls made)."""
+    if n_rows <= max_rows:
+        return infer(obs), 1
+    parts = []
+    for start in range(0, n_rows, max_rows):
+        parts.append(infer({k: v[start : start + max_rows] for k, v in obs.items()}))
+    for part in parts:
+        if not isinstance(part, np.ndarray):
+            return part, len(parts)  # the caller's shape check names the problem
+    return np.concatenate(parts), len(parts)
