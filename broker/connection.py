@@ -114,6 +114,7 @@ def permission_error(exc: BaseException, peer: Peer) -> BrokerPermissionError:
     return BrokerPermissionError(
         f"Redis user {peer.user!r} at {peer.where} is not allowed to do this ({exc}).",
         user=peer.user,
+        detail=str(exc),
     )
 
 

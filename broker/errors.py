@@ -35,10 +35,11 @@ class BrokerAuthError(ArenaEvalError):
 class BrokerPermissionError(ArenaEvalError):
     """Redis's ACL denied a command to the connected user (NOPERM).
 
-    ``user`` is the Redis user that was denied, so the CLI can name the role a
-    command needs next to it.
+    ``user`` is the Redis user that was denied and ``detail`` the server's reply, so
+    the CLI can name the role a command needs next to them.
     """
 
-    def __init__(self, message: str, *, user: str) -> None:
+    def __init__(self, message: str, *, user: str, detail: str) -> None:
         super().__init__(message)
         self.user = user
+        self.detail = detail

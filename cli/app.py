@@ -1,7 +1,13 @@
 """The root Typer app: one sub-app per area, combined with ``add_typer``.
 
 ``main`` is the console-script entry point. It turns every ``ArenaEvalError``
-into one readable line on stderr and exit status 1, instead of a traceback.
+into one readable line on stderr and exit status 1, instead of a traceback. An
+ACL denial (NOPERM) gets the role the command needs (docker/users.acl) next to
+the user that was denied. Error text is printed as plain text, never as rich
+markup: it is full of job ids, task names and server replies.
+
+Flags take no value, so their help shows no type: typer 0.29 prints ``<bool>``
+next to every flag (``--help`` included), which reads as if one had to be given.
 """
 
 from __future__ import annotations
@@ -9,12 +15,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperOption
 
 from arena_eval import __version__
-from arena_eval.broker.errors import ArenaEvalError
+from arena_eval.broker.errors import ArenaEvalError, BrokerPermissionError
 
 app = typer.Typer(
     name="arena-eval",
@@ -24,7 +33,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _flag_shows_no_type() -> None:
+    shows_type = TyperOption.display_type_rich
+    if getattr(shows_type, "hides_flags", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shows_type(self, ctx)
+
+    display_type_rich.hides_flags = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flag_shows_no_type()
 
 
 def _version_callback(value: bool) -> None:
@@ -60,13 +84,53 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+#: The docker/users.acl role each command needs; every other command needs ``admin``.
+ROLE_FOR_COMMAND = {("policy", "serve"): "policy", ("sim", "serve"): "sim"}
+
+
+def required_role(argv: list[str]) -> tuple[str, str]:
+    """The command as typed (e.g. ``sim serve``) and the role it needs."""
+    words = [a for a in argv if not a.startswith("-")]
+    pair = (words[0], words[1]) if len(words) > 1 else None
+    if pair in ROLE_FOR_COMMAND:
+        return " ".join(pair), ROLE_FOR_COMMAND[pair]
+    return (words[0] if words else ""), "admin"
+
+
+def _denied(user: str | None, detail: str) -> str:
+    command, role = required_role(sys.argv[1:])
+    who = f"Redis user {user!r}" if user else "the Redis user"
+    return (
+        f"{who} may not run `arena-eval {command}` ({detail}). It needs the {role!r} role "
+        f"(docker/users.acl): connect as a user with it, e.g. redis://{role}:PASSWORD@host:port "
+        "in ARENA_REDIS_URL."
+    )
+
+
+def print_error(message: str) -> None:
+    """One line on stderr; ``message`` is plain text, never parsed as markup."""
+    err_console.print(Text.assemble(("error: ", "bold red"), message))
+
+
 def main() -> None:
+    from redis.exceptions import ResponseError
+
+    from arena_eval.broker.connection import is_permission_error
+
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int):
             sys.exit(rc)
+    except BrokerPermissionError as exc:
+        print_error(_denied(exc.user, exc.detail))
+        sys.exit(1)
     except ArenaEvalError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        print_error(str(exc))
+        sys.exit(1)
+    except ResponseError as exc:  # a client not built by connect(): still no traceback
+        if not is_permission_error(exc):
+            raise
+        print_error(_denied(None, str(exc)))
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("interrupted")

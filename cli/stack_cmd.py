@@ -31,10 +31,18 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 def up_cmd(
     sim_workers: int = typer.Option(2, "--sim-workers", min=0, help="Sim worker processes."),
-    pool: str | None = typer.Option(None, "--pool", help="Also serve this pool..."),
-    policy: str | None = typer.Option(None, "--policy", help="...with this policy."),
-    policy_arg: list[str] = typer.Option([], "--policy-arg", help="Policy argument k=v."),
-    policy_workers: int = typer.Option(1, "--policy-workers", min=1),
+    pool: str | None = typer.Option(
+        None, "--pool", help="Also start policy workers serving this pool (needs --policy)."
+    ),
+    policy: str | None = typer.Option(
+        None, "--policy", help="Policy for --pool (arguments: `arena-eval policy describe NAME`)."
+    ),
+    policy_arg: list[str] = typer.Option(
+        [], "--policy-arg", help="Policy argument KEY=VALUE; repeat for more."
+    ),
+    policy_workers: int = typer.Option(
+        1, "--policy-workers", min=1, help="Policy worker processes for --pool."
+    ),
     num_envs: int | None = typer.Option(None, "--num-envs", min=1, help="Env slots per sim."),
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
@@ -69,9 +77,9 @@ def up_cmd(
 
 def demo_cmd(
     episodes: int = typer.Option(50, "--episodes", min=1, help="Episodes to evaluate."),
-    sim_workers: int = typer.Option(2, "--sim-workers", min=1),
+    sim_workers: int = typer.Option(2, "--sim-workers", min=1, help="Sim worker processes."),
     num_envs: int = typer.Option(4, "--num-envs", min=1, help="Env slots per sim worker."),
-    seed: int = typer.Option(0, "--seed", min=0),
+    seed: int = typer.Option(0, "--seed", min=0, help="Episode i is reset with seed SEED+i."),
     json_out: bool = JSON_OPTION,
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:

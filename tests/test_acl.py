@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from subprocess import CompletedProcess
 
 import pytest
 import redis
@@ -21,6 +25,7 @@ from tests.worker_procs import REPO, wait_until
 pytest.importorskip("gymnasium")
 
 ACL_FILE = REPO / "docker" / "users.acl"
+SERVE_ZERO = ["--pool", "p", "--policy", "zero", "--policy-arg", "action_shape=1x1"]
 
 
 def _apply_acl(server: TestServer) -> dict[str, str]:
@@ -77,5 +82,56 @@ def test_worker_roles_run_a_job_and_are_denied_the_rest(own_server: TestServer) 
         lambda: sim_r.execute_command("ACL", "LIST"),
     ]
     for attempt in denied:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
+
+
+def _cli_as(server: TestServer, user: str, password: str, *args: str) -> CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARENA_")}
+    env["ARENA_REDIS_URL"] = f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "arena_eval.cli", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("user", "args", "command", "role"),
+    [
+        ("policy", ["jobs"], "jobs", "admin"),
+        ("policy", ["submit", "--task", "CartPole-v1", "--pool", "p", "--episodes", "1"],
+         "submit", "admin"),
+        ("policy", ["sim", "serve", "--num-envs", "1"], "sim serve", "sim"),
+        ("sim", ["policy", "serve", *SERVE_ZERO], "policy serve", "policy"),
+    ],
+)  # fmt: skip
+def test_denied_command_names_the_role_it_needs(
+    own_server: TestServer, user: str, args: list[str], command: str, role: str
+) -> None:
+    pw = _apply_acl(own_server)
+    out = _cli_as(own_server, user, pw[user], *args)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr
+    assert f"Redis user {user!r} may not run `arena-eval {command}`" in errors[0]
+    assert f"needs the {role!r} role" in errors[0]
+    assert pw[user] not in out.stdout + out.stderr
+
+
+def test_sim_role_cannot_join_a_pool(own_server: TestServer) -> None:
+    pw = _apply_acl(own_server)
+    keys = Keys()
+    out = _cli_as(own_server, "sim", pw["sim"], "policy", "serve", *SERVE_ZERO)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "serving" not in out.stdout
+    admin = redis.Redis(port=own_server.port, password=own_server.password)
+    assert not admin.sismember(keys.pools(), "p")
+    sim_r = redis.Redis.from_url(f"redis://sim:{pw['sim']}@127.0.0.1:{own_server.port}/0")
+    for attempt in (
+        lambda: sim_r.sadd(keys.pools(), "p"),
+        lambda: sim_r.xadd(keys.pool_dead("p"), {"reason": "x"}),
+    ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()
