@@ -82,15 +82,20 @@ class Keys:
         Workers write (XADD, EXPIRE) to the reply key named in a request; anyone
         who can write a request must not be able to make them touch other keys.
         """
+        return self.reply_stream_client(key) is not None
+
+    def reply_stream_client(self, key: str) -> str | None:
+        """The client id of a key shaped like ``reply_stream(id)``, else None."""
         head, tail = f"{self.prefix}client:{{", "}:replies"
         if not (key.startswith(head) and key.endswith(tail)):
-            return False
+            return None
         client_id = key[len(head) : -len(tail)]
-        return (
+        valid = (
             bool(client_id)
             and len(client_id) <= 128
             and not any(c in _FORBIDDEN for c in client_id)
         )
+        return client_id if valid else None
 
     # -- jobs -----------------------------------------------------------------
     def jobs(self) -> str:

@@ -314,7 +314,11 @@ class PolicyWorker:
                 bad, p.reply = p.reply, ""  # never write to a key a request merely names
                 raise ArenaEvalError(f"reply key {bad[:200]!r} is not a client reply stream")
             if F_SHM in p.fields:
-                p.ticket = shm.Ticket.from_wire(p.fields[F_SHM])
+                # A ticket may only name a slot written by the client it answers to.
+                owner = self.keys.reply_stream_client(p.reply) if p.reply else None
+                if owner is None:
+                    raise ArenaEvalError("a shared-memory ticket needs its client's reply stream")
+                p.ticket = shm.Ticket.from_wire(p.fields[F_SHM], client=owner)
                 payload: Any = self._reader.view(p.ticket)
             elif F_DATA in p.fields:
                 payload = p.fields[F_DATA]
