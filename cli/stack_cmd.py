@@ -1,7 +1,9 @@
 """``arena-eval up`` and ``arena-eval demo``: a whole fabric on one machine.
 
 Both hand off to ``arena_eval.stack.LocalStack``; ``demo`` then submits the
-README's job, shows its progress and prints the results table.
+README's job, shows its progress and prints the results table. SIGTERM and
+SIGHUP (the terminal closed) stop the stack like Ctrl-C; a demo stopped early
+cancels its own job, so no worker keeps running it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,23 @@ import signal
 import time
 from types import FrameType
 
+import redis
 import typer
 
 from arena_eval.broker import jobs
 from arena_eval.broker.connection import connect
+from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.status import results_report
-from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
+from arena_eval.cli.common import (
+    JSON_OPTION,
+    REDIS_URL_OPTION,
+    console,
+    esc,
+    print_json,
+    settings_for,
+)
 from arena_eval.cli.job_cmd import print_results, wait_with_progress
 from arena_eval.stack import LocalStack
 
@@ -25,8 +36,28 @@ DEMO_TASK = "door-open-v3"
 DEMO_POOL = "demo-door"
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> dict[int, object]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C; returns the old handlers.
+
+    A SIGHUP that is already ignored (``nohup arena-eval up``) stays ignored.
+    """
+    return {
+        s: signal.signal(s, _raise_interrupt)
+        for s in _STOP_SIGNALS
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
+
+
+def _restore(previous: dict[int, object]) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)  # type: ignore[arg-type]
 
 
 def up_cmd(
@@ -54,7 +85,7 @@ def up_cmd(
         settings, pool=pool, policy=policy, policy_args=policy_arg,
         policy_workers=policy_workers, sim_workers=sim_workers, num_envs=num_envs,
     )  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = _stop_on_signals()
     try:
         with console.status("starting workers...", spinner="dots"):
             stack.start()
@@ -72,7 +103,22 @@ def up_cmd(
         console.print("stopping...")
     finally:
         stack.stop()
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
+
+
+def _cancel_demo_job(r: redis.Redis, keys: Keys, job_id: str) -> None:
+    """The demo's job belongs to the demo: stopping the demo cancels it, and says so."""
+    try:
+        outcome = jobs.request_cancel(r, keys, job_id)
+    except (ArenaEvalError, redis.RedisError) as exc:
+        console.print(f"could not cancel job {esc(job_id)}: {esc(exc)}", highlight=False)
+        return
+    if outcome.cancelled_now:
+        console.print(f"cancelled job {esc(job_id)}", highlight=False)
+    else:
+        console.print(
+            f"job {esc(job_id)} had already ended: {outcome.job.state.value}", highlight=False
+        )
 
 
 def demo_cmd(
@@ -89,7 +135,9 @@ def demo_cmd(
         settings, pool=DEMO_POOL, policy="metaworld-expert", policy_args=[f"task={DEMO_TASK}"],
         sim_workers=sim_workers, num_envs=num_envs,
     )  # fmt: skip
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = _stop_on_signals()
+    r: redis.Redis | None = None
+    job_id: str | None = None
     try:
         with console.status(
             f"starting Redis, a policy pool and {sim_workers} sim workers...", spinner="dots"
@@ -105,7 +153,7 @@ def demo_cmd(
         job_id = jobs.submit(r, keys, spec)
         if not json_out:
             console.print(
-                f"job [bold]{job_id}[/]: {episodes} episodes of metaworld/{DEMO_TASK} over "
+                f"job [bold]{esc(job_id)}[/]: {episodes} episodes of metaworld/{DEMO_TASK} over "
                 f"{sim_workers} sim workers, policy pool '{DEMO_POOL}' (scripted expert)",
                 highlight=False,
             )
@@ -117,10 +165,12 @@ def demo_cmd(
             print_results(report)
         r.close()
     except KeyboardInterrupt:
-        console.print("interrupted: stopping the demo")
+        console.print("interrupted: stopping the demo", highlight=False)
+        if r is not None and job_id is not None:
+            _cancel_demo_job(r, Keys(settings.prefix), job_id)
         raise typer.Exit(130) from None
     finally:
         stack.stop()
-        signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
     if final["state"] != JobState.COMPLETED.value:
         raise typer.Exit(1)

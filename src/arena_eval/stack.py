@@ -4,11 +4,19 @@
 processes, exactly as they would on separate machines, talking only through
 Redis; the stack just starts them, restarts any that crash, and stops them
 all (and the embedded Redis, if it started it) on exit.
+
+Children must not outlive their supervisor, even one killed with -9 (which
+runs no cleanup): each child asks the kernel for SIGTERM when its parent dies
+(``PR_SET_PDEATHSIG`` on Linux), and SIGTERM is a worker's graceful stop.
+They run in their own session so that a terminal's Ctrl-C or hang-up reaches
+only the supervisor, which then stops them in order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
@@ -25,6 +33,21 @@ from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
 
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when ``parent_pid`` dies (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 class StackError(ArenaEvalError):
@@ -116,6 +139,7 @@ class LocalStack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+                preexec_fn=_die_with_parent(os.getpid()),
             )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
