@@ -15,6 +15,13 @@ would waste work, not corrupt results; the check keeps it from happening.
 Units are deleted (XDEL) once done or once their job is terminal, so the
 stream only ever holds outstanding work. All jobs share one stream: a sim
 worker needs one blocking read to find work from any job.
+
+A unit a worker cannot run now (it is stopping, or no live worker serves the
+unit's pool) goes back with ``requeue``: a copy at the tail, the original acked
+and deleted. The copy is a new entry, so a hand-back is not a delivery (the
+``times_delivered`` that ``max_deliveries`` reads counts crashes, not waits),
+and units that wait rotate behind everyone else's: one job whose pool is gone
+cannot block the jobs queued after it, and it still comes round on every pass.
 """
 
 from __future__ import annotations
@@ -130,7 +137,11 @@ def renew(r: redis.Redis, keys: Keys, entry_id: str, consumer: str) -> bool:
 
 
 def requeue(r: redis.Redis, keys: Keys, unit: WorkUnit, consumer: str) -> bool:
-    """Hand a unit we hold back to the queue at once (graceful stop), if it is still ours."""
+    """Hand a unit we hold back to the tail of the queue as a fresh entry, if it is still ours.
+
+    Used on a graceful stop and for a unit whose pool nobody serves; the fresh entry
+    starts at zero deliveries.
+    """
     flat = [x for kv in unit.fields().items() for x in kv]
     return bool(r.eval(_REQUEUE, 1, keys.units(), SIM_GROUP, unit.entry_id, consumer, *flat))
 

@@ -1,7 +1,8 @@
 """``arena-eval sim serve``: run one sim worker until SIGTERM/SIGINT.
 
 The loop itself lives in ``arena_eval.sim_worker.service``; this module only
-parses options and prints one line when the worker starts and stops.
+parses options (bad ones are usage errors before anything starts) and prints one
+line once the worker has reached Redis, and one when it stops.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import typer
 
 from arena_eval.broker.jobs import DEFAULT_NUM_ENVS
 from arena_eval.cli.common import REDIS_URL_OPTION, console, settings_for
+from arena_eval.sim_worker.envs.gym_env import Vectorization
 
 app = typer.Typer(
     help="Run sim workers (they step envs for evaluation jobs).", no_args_is_help=True
@@ -35,8 +37,17 @@ def serve_cmd(
     max_deliveries: int = typer.Option(
         5, "--max-deliveries", min=1, help="Fail a job whose unit killed this many workers."
     ),
-    vectorization: str = typer.Option("sync", "--vectorization", help="sync|async env stepping."),
-    worker_id: str | None = typer.Option(None, "--worker-id", help="Default: host-pid-random."),
+    vectorization: Vectorization = typer.Option(
+        Vectorization.SYNC,
+        "--vectorization",
+        help="Step the env slots in this process (sync) or one subprocess each (async).",
+    ),
+    worker_id: str | None = typer.Option(
+        None,
+        "--worker-id",
+        help="Name shown by `arena-eval workers`.",
+        show_default="host-pid-random",
+    ),
     burst: bool = typer.Option(False, "--burst", help="Exit when no unit is queued or pending."),
     redis_url: str | None = REDIS_URL_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every unit."),
@@ -59,7 +70,7 @@ def serve_cmd(
         lease_ms=lease_ms,
         worker_id=worker_id,
         policy_timeout_s=policy_timeout_s,
-        vectorization=vectorization,
+        vectorization=vectorization.value,
         max_deliveries=max_deliveries,
     )
     console.print(

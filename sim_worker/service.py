@@ -11,14 +11,23 @@ How the job-level guarantees come out of this loop:
   ``HEARTBEAT_INTERVAL_S``) and sets the unit's abort event when the job is
   terminal; the rollout polls that event once per step, so a cancelled job
   stops within about a second. Units of terminal jobs are acked and deleted.
-* **No silent hang.** While no live worker serves the pool, the job says
-  ``waiting_for_pool`` with the command that would fix it, the lease stays
-  alive and cancel still works. A pool whose spec does not fit the task
-  (observations or action width) fails the job within seconds, before any
-  request, with the mismatch spelled out.
+* **No silent hang, no head-of-line blocking.** A unit whose pool no live
+  worker serves (a mistyped ``--pool``, an abandoned job, a pool whose last
+  worker died mid-unit) is *deferred*: the job says ``waiting_for_pool`` with
+  the command that would fix it, and the unit goes back to the tail of the
+  queue as a fresh entry (``units.requeue``; a deferral is not a delivery, so
+  it never counts toward ``max_deliveries``). The worker moves on to the next
+  unit, so other jobs run, and every deferred unit comes round again, in queue
+  order, so none is starved. A worker that finds only deferred units waits
+  ``pool_poll_s`` per round instead of spinning. A pool whose spec does not
+  fit the task (observations or action width) fails the job within seconds,
+  before any request, with the mismatch spelled out.
 * **Graceful stop.** ``stop()`` (SIGTERM/SIGINT) aborts the running unit and
   puts it back at the tail of the queue at once instead of waiting for the
-  lease to lapse.
+  lease to lapse. A signal that arrives while the worker waits for a policy
+  answer (up to ``policy_timeout_s`` on a pool whose worker died) interrupts
+  that wait, like Ctrl-C interrupts a blocking call: redis-py drops a
+  connection interrupted mid-command, and the client is discarded.
 """
 
 from __future__ import annotations
@@ -31,9 +40,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -41,7 +52,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from arena_eval.broker import fleet, jobs, pool, results, streams, units
 from arena_eval.broker.connection import connect
-from arena_eval.broker.errors import BrokerUnavailable
+from arena_eval.broker.errors import BrokerUnavailable, ConfigError
 from arena_eval.broker.jobs import Job, JobNotFound, JobSpec
 from arena_eval.broker.keys import SIM_GROUP, Keys
 from arena_eval.broker.settings import RedisSettings
@@ -51,6 +62,7 @@ from arena_eval.broker.units import WorkUnit
 from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.client import PolicyClient, PolicyTimeout, RemotePolicyError
 from arena_eval.sim_worker.envs import VectorEnv, make_env
+from arena_eval.sim_worker.envs.gym_env import VECTORIZATIONS
 from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_mismatch
 
 log = logging.getLogger("arena_eval.sim_worker")
@@ -65,7 +77,36 @@ class Outcome(enum.Enum):
     DONE = "done"  # ack + delete
     DROP = "drop"  # job terminal: ack + delete
     REQUEUE = "requeue"  # worker stopping: hand back now
+    DEFER = "defer"  # no live worker serves its pool: hand back, take other work
     LOST = "lost"  # another worker holds it now: touch nothing
+
+
+class StopWaiting(BaseException):
+    """Raised by a stop signal in the main thread while it waits for a policy answer.
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on
+    the way (rollout, env, client) swallows it.
+    """
+
+
+class _StoppableClient(PolicyClient):
+    """A PolicyClient that tells its worker when a stop signal may interrupt it."""
+
+    waiting = False
+
+    def infer(
+        self,
+        obs: Mapping[str, np.ndarray],
+        episode_ids: Sequence[str | int],
+        *,
+        step: int = 0,
+        starts: Sequence[str | int] = (),
+    ) -> np.ndarray:
+        self.waiting = True
+        try:
+            return super().infer(obs, episode_ids, step=step, starts=starts)
+        finally:
+            self.waiting = False
 
 
 @dataclass
@@ -101,6 +142,10 @@ class SimWorker:
         vectorization: str = "sync",
         max_deliveries: int = 5,
     ) -> None:
+        check_options(
+            num_envs=num_envs, lease_ms=lease_ms, policy_timeout_s=policy_timeout_s,
+            vectorization=vectorization, max_deliveries=max_deliveries,
+        )  # fmt: skip
         self.settings = settings or RedisSettings.from_env()
         self.keys = Keys(self.settings.prefix)
         self._r = client if client is not None else connect(self.settings)
@@ -114,12 +159,16 @@ class SimWorker:
         self.max_deliveries = max_deliveries
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.units_done = 0
+        self.units_deferred = 0
+        self._deferred_in_a_row = 0
+        self._unserved_until: dict[str, float] = {}  # pool -> when to look for workers again
+        self._warned: set[str] = set()  # jobs whose wait for a pool was logged
         self._stop = threading.Event()
         self._lease: Lease | None = None
         self._next_claim = 0.0
         self._env: VectorEnv | None = None
         self._env_key: tuple[Any, ...] | None = None
-        self._clients: dict[str, PolicyClient] = {}
+        self._clients: dict[str, _StoppableClient] = {}
         self._beat: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -128,6 +177,12 @@ class SimWorker:
         lease = self._lease
         if lease is not None:
             lease.stop("worker stopping")
+
+    def stop_from_signal(self) -> None:
+        """``stop()``, and interrupt a wait for a policy answer (main thread only)."""
+        self.stop()
+        if any(c.waiting for c in self._clients.values()):
+            raise StopWaiting
 
     def run(self, *, burst: bool = False) -> int:
         """Process units until stopped; ``burst`` returns once nothing is queued or pending."""
@@ -145,7 +200,10 @@ class SimWorker:
                         if burst and self._queue_empty():
                             break
                         continue
-                    self.process(unit)
+                    if self.process(unit) is Outcome.DEFER:
+                        self._pace_deferrals()
+                    else:
+                        self._deferred_in_a_row = 0
                 except _REDIS_DOWN as exc:
                     log.warning("lost Redis (%s); retrying", exc)
                     self._stop.wait(0.5)
@@ -233,19 +291,32 @@ class SimWorker:
             self._lease = None
         if outcome in (Outcome.DONE, Outcome.DROP):
             units.finish(self._r, self.keys, unit.entry_id)
-        elif outcome is Outcome.REQUEUE:
+        elif outcome in (Outcome.REQUEUE, Outcome.DEFER):
             units.requeue(self._r, self.keys, unit, self.worker_id)
+        if outcome is Outcome.DEFER:
+            self.units_deferred += 1
+            log.debug("unit %s of job %s: deferred", unit.indices, job.job_id)
+            return outcome
         log.info("unit %s of job %s: %s %s", unit.indices, job.job_id, outcome.value, lease.reason)
         self.units_done += 1
         return outcome
+
+    def _pace_deferrals(self) -> None:
+        """After a whole round of deferred units, wait ``pool_poll_s`` instead of spinning."""
+        self._deferred_in_a_row += 1
+        if self._deferred_in_a_row >= max(1, int(self._r.xlen(self.keys.units()))):
+            self._deferred_in_a_row = 0
+            self._stop.wait(self.pool_poll_s)
 
     # -- running a unit ------------------------------------------------------------
     def _execute(self, job: Job, lease: Lease) -> Outcome:
         timeouts = 0
         while True:
-            spec = self._wait_for_pool(job, lease)
-            if spec is None:
+            if lease.abort.is_set():
                 return self._aborted(job, lease)
+            spec = self._served_spec(job, lease)
+            if spec is None:
+                return Outcome.DEFER
             num_envs = min(job.spec.num_envs or self.num_envs, self.num_envs)
             try:
                 env = self._env_for(job.spec, num_envs)
@@ -260,11 +331,22 @@ class SimWorker:
             lease.episodes_done = len(done)
             try:
                 self._rollout(job, lease, env, [i for i in lease.unit.indices if i not in done])
+            except StopWaiting:
+                self._discard_client(job.spec.pool)  # interrupted mid-request: start afresh
+                return self._aborted(job, lease)
             except (PolicyTimeout, pool.PoolNotFound) as exc:
+                live = pool.live_workers(self._r, self.keys, job.spec.pool)
+                if not live:  # the pool lost its workers: wait for one like any unserved pool
+                    self._unserved_until.pop(job.spec.pool, None)
+                    log.warning(
+                        "job %s: pool %r has no live worker left (%s); handing the unit back",
+                        job.job_id, job.spec.pool, exc,
+                    )  # fmt: skip
+                    continue
                 timeouts += 1
                 reason = (
-                    f"pool {job.spec.pool!r} has live workers but did not answer "
-                    f"{timeouts} request(s) in a row within {self.policy_timeout_s:.0f} s; "
+                    f"pool {job.spec.pool!r} has {len(live)} live worker(s) but they did not "
+                    f"answer {timeouts} request(s) in a row within {self.policy_timeout_s:.0f} s; "
                     "they may be hung or overloaded (`arena-eval pools` shows busy_s)"
                 )
                 if timeouts >= MAX_POLICY_TIMEOUTS:
@@ -287,27 +369,40 @@ class SimWorker:
                 )
             return self._aborted(job, lease) if lease.abort.is_set() else Outcome.DONE
 
-    def _wait_for_pool(self, job: Job, lease: Lease) -> PolicySpec | None:
-        """The pool's spec once a live worker serves it; None if the unit is aborted first."""
-        waiting = False
-        while not lease.abort.is_set():
-            spec = pool.read_spec(self._r, self.keys, job.spec.pool)
-            if spec is not None and pool.live_workers(self._r, self.keys, job.spec.pool):
-                client = self._client_for(job.spec.pool)
+    def _served_spec(self, job: Job, lease: Lease) -> PolicySpec | None:
+        """The pool's spec if a live worker serves it now; else say why the job waits, None.
+
+        A pool found unserved is not asked again for ``pool_poll_s``, so a round through
+        many deferred units of one pool costs a few commands per unit.
+        """
+        name = job.spec.pool
+        if time.monotonic() >= self._unserved_until.get(name, 0.0):
+            spec = pool.read_spec(self._r, self.keys, name)
+            if spec is not None and pool.live_workers(self._r, self.keys, name):
                 try:
-                    return client.connect()
+                    spec = self._client_for(name).connect()
                 except pool.PoolNotFound:
-                    continue
-            if not waiting:
-                waiting = True
-                lease.phase = "waiting_for_pool"
-                reason = (
-                    f"no live policy worker serves pool {job.spec.pool!r}; start one with "
-                    f"`arena-eval policy serve --pool {job.spec.pool} --policy ...`"
-                )
-                jobs.mark_waiting(self._r, self.keys, job.job_id, reason)
-                log.warning("job %s: %s", job.job_id, reason)
-            lease.abort.wait(self.pool_poll_s)
+                    pass
+                else:
+                    self._unserved_until.pop(name, None)
+                    self._warned.discard(job.job_id)
+                    return spec
+            self._unserved_until[name] = time.monotonic() + self.pool_poll_s
+        lease.phase = "waiting_for_pool"
+        reason = (
+            f"no live policy worker serves pool {name!r}; start one with "
+            f"`arena-eval policy serve --pool {name} --policy ...`"
+        )
+        if not jobs.mark_waiting(self._r, self.keys, job.job_id, reason):
+            jobs.transition(  # a running job (its pool died): keep its state, give the hint
+                self._r, self.keys, job.job_id, jobs.JobState.RUNNING, reason,
+                only_from=(jobs.JobState.RUNNING,),
+            )  # fmt: skip
+        if job.job_id not in self._warned:
+            if len(self._warned) > 1000:
+                self._warned.clear()
+            self._warned.add(job.job_id)
+            log.warning("job %s: %s; its units wait in the queue", job.job_id, reason)
         return None
 
     def _rollout(self, job: Job, lease: Lease, env: VectorEnv, todo: list[int]) -> None:
@@ -363,15 +458,21 @@ class SimWorker:
                 self._env.close()
             self._env = None
 
-    def _client_for(self, pool_name: str) -> PolicyClient:
+    def _client_for(self, pool_name: str) -> _StoppableClient:
         client = self._clients.get(pool_name)
         if client is None:
-            client = PolicyClient(
+            client = _StoppableClient(
                 pool_name, self.settings, client=self._r, timeout_s=self.policy_timeout_s,
                 handshake=False,
             )  # fmt: skip
             self._clients[pool_name] = client
         return client
+
+    def _discard_client(self, pool_name: str) -> None:
+        client = self._clients.pop(pool_name, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     # -- heartbeat ---------------------------------------------------------------
     def _status(self) -> dict[str, Any]:
@@ -418,8 +519,33 @@ class SimWorker:
 
 def serve(worker: SimWorker, *, burst: bool = False) -> int:
     """Run ``worker`` until SIGTERM/SIGINT, which hand the running unit back and exit cleanly."""
-    with stop_on_signals(worker.stop, "handing the running unit back"):
+    with stop_on_signals(worker.stop_from_signal, "handing the running unit back"):
         return worker.run(burst=burst)
+
+
+def check_options(
+    *,
+    num_envs: int,
+    lease_ms: int,
+    policy_timeout_s: float,
+    vectorization: str,
+    max_deliveries: int,
+) -> None:
+    """Refuse bad worker options at start-up, not on every job (raises ``ConfigError``)."""
+    problems = []
+    if vectorization not in VECTORIZATIONS:
+        problems.append(f"vectorization must be one of {', '.join(VECTORIZATIONS)}, "
+                        f"not {vectorization!r}")  # fmt: skip
+    if num_envs < 1:
+        problems.append(f"num_envs must be at least 1, not {num_envs}")
+    if lease_ms < 100:
+        problems.append(f"lease_ms must be at least 100, not {lease_ms}")
+    if policy_timeout_s <= 0:
+        problems.append(f"policy_timeout_s must be positive, not {policy_timeout_s}")
+    if max_deliveries < 1:
+        problems.append(f"max_deliveries must be at least 1, not {max_deliveries}")
+    if problems:
+        raise ConfigError("invalid sim worker options: " + "; ".join(problems))
 
 
 def _describe(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ gymnasium is imported lazily so that importing the package does not require it.
 
 from __future__ import annotations
 
+import enum
 import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -46,7 +47,16 @@ if TYPE_CHECKING:
     import gymnasium as gym
 
 SEP = "/"
-VECTORIZATIONS = ("sync", "async")
+
+
+class Vectorization(str, enum.Enum):
+    """How a worker steps its env slots: in its own process, or one subprocess per slot."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+VECTORIZATIONS = tuple(v.value for v in Vectorization)
 
 # Info keys EpisodeGuard writes with each env's real episode flags (see gym_episode).
 TERMINATED = "arena.terminated"
