@@ -84,3 +84,23 @@ def test_camera_without_gl_names_the_package_to_install(settings: RedisSettings)
     assert "GLUnavailable" in last, out.stderr[-3000:]
     assert "apt-get install libosmesa6" in last
     assert "MUJOCO_GL=egl" in last
+
+
+def test_camera_with_mujoco_gl_unset_picks_a_backend_and_renders(settings: RedisSettings) -> None:
+    code = (
+        "import os\n"
+        "from arena_eval.sim_worker.envs import make_env\n"
+        "env = make_env('metaworld/door-open-v3', 1, camera='corner', image_size=32)\n"
+        "obs = env.reset([0], [0])\n"
+        "frame = obs['corner_rgb']\n"
+        "print(os.environ['MUJOCO_GL'], frame.shape, int(frame.max()), sep='|')\n"
+    )
+    env = {k: v for k, v in child_env(settings).items() if k != "MUJOCO_GL"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    backend, shape, peak = out.stdout.strip().split("|")
+    assert backend in ("osmesa", "egl")
+    assert shape == "(1, 32, 32, 3)" and int(peak) > 0  # a real frame, not zeros
