@@ -18,6 +18,8 @@ import pytest
 import redis
 
 from arena_eval.broker import jobs
+from arena_eval.broker.connection import connect
+from arena_eval.broker.embedded import EmbeddedRedis
 from arena_eval.broker.fleet import live_sim_workers
 from arena_eval.broker.jobs import JobState
 from arena_eval.broker.keys import Keys
@@ -74,6 +76,42 @@ def test_workers_die_with_a_supervisor_killed_with_9(
     finally:
         up.kill()
         _kill_leftovers(children)
+
+
+@pytest.mark.slow
+def test_embedded_redis_stops_after_a_supervisor_killed_with_9(
+    settings: RedisSettings, tmp_path: Path
+) -> None:
+    """The README path (no URL): the daemonized server the stack started goes too."""
+    home = tmp_path / "home"
+    env = child_env(settings, ARENA_HOME=str(home))
+    env.pop("ARENA_REDIS_URL")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "arena_eval.cli", "up", "--sim-workers", "1", "--num-envs", "1"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = EmbeddedRedis(home)
+    children: list[psutil.Process] = []
+    redis_proc: list[psutil.Process] = []
+    try:
+        wait_until(lambda: server.status() is not None, 60, "the embedded Redis", [up])
+        redis_proc.append(psutil.Process(int((home / "redis.pid").read_text())))
+        r = connect(RedisSettings(url=server.url, prefix=settings.prefix))
+        wait_until(lambda: live_sim_workers(r, keys_of(settings)), 90, "a sim worker", [up])
+        r.close()
+        children = psutil.Process(up.pid).children(recursive=True)
+        up.kill()
+        up.wait(30)
+        wait_until(lambda: _none_alive(children), 60, "the orphaned children to exit")
+        wait_until(lambda: _none_alive(redis_proc), 60, "the embedded Redis to stop")
+    finally:
+        up.kill()
+        _kill_leftovers(children)
+        server.stop()
+
+
+def keys_of(settings: RedisSettings) -> Keys:
+    return Keys(settings.prefix)
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ Children must not outlive their supervisor, even one killed with -9 (which
 runs no cleanup): each child asks the kernel for SIGTERM when its parent dies
 (``PR_SET_PDEATHSIG`` on Linux), and SIGTERM is a worker's graceful stop.
 They run in their own session so that a terminal's Ctrl-C or hang-up reaches
-only the supervisor, which then stops them in order.
+only the supervisor, which then stops them in order. The embedded Redis
+daemonizes, so a small guard child (``redis_guard.py``) stops it in that case.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class LocalStack:
     children: list[Child] = field(default_factory=list)
     started_redis: bool = False
     url: str = ""
+    guard: subprocess.Popen[bytes] | None = None
 
     # -- start -------------------------------------------------------------------
     def start(self) -> None:
@@ -98,6 +100,8 @@ class LocalStack:
         logs = self.log_dir or resolve_home(self.settings.home) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        if self.started_redis:
+            self._start_guard(resolve_home(self.settings.home), logs / f"{stamp}-redis-guard.log")
         if self.pool and self.policy:
             for i in range(self.policy_workers):
                 args = ["policy", "serve", "--pool", self.pool, "--policy", self.policy,
@@ -139,6 +143,18 @@ class LocalStack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+
+    def _start_guard(self, home: Path, log: Path) -> None:
+        """A child that stops the Redis we started if we die without cleanup (kill -9)."""
+        args = ["-m", "arena_eval.redis_guard", str(home), self.settings.prefix, self.pool or ""]
+        with open(log, "ab") as out:
+            self.guard = subprocess.Popen(
+                [sys.executable, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()),
             )
 
@@ -193,6 +209,11 @@ class LocalStack:
     # -- stop ----------------------------------------------------------------------
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every child (sims first, so they stop asking), wait, then kill."""
+        if self.guard is not None:  # we stop Redis ourselves, after the workers
+            with contextlib.suppress(ProcessLookupError):
+                self.guard.kill()
+            self.guard.wait(5)
+            self.guard = None
         order = [c for c in self.children if c.name.startswith("sim")] + [
             c for c in self.children if not c.name.startswith("sim")
         ]
