@@ -1,8 +1,11 @@
-"""Graceful stop on SIGTERM/SIGINT, shared by every worker process.
+"""Graceful stop on SIGTERM/SIGINT/SIGHUP, shared by every worker process.
 
 A worker asked to stop should finish (or hand back) what it holds, deregister
 and exit 0, rather than die mid-request; orchestrators (``arena-eval up``,
-docker, systemd) send SIGTERM and wait.
+docker, systemd) send SIGTERM and wait, and a worker whose supervisor dies gets
+SIGTERM from the kernel (``PR_SET_PDEATHSIG``, see ``stack.py``). A closed
+terminal (SIGHUP) stops a worker the same way, unless SIGHUP is ignored
+(``nohup``), which stays so.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ log = logging.getLogger("arena_eval")
 
 @contextmanager
 def stop_on_signals(stop: Callable[[], None], doing: str) -> Iterator[None]:
-    """Call ``stop`` on SIGTERM or SIGINT inside the block; restore the old handlers after."""
+    """Call ``stop`` on SIGTERM, SIGINT or SIGHUP inside the block; restore the old handlers."""
 
     def _graceful(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %s: %s, then stopping", signum, doing)
         stop()
 
-    previous = {s: signal.signal(s, _graceful) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        s: signal.signal(s, _graceful)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
     finally:

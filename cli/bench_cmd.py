@@ -40,7 +40,7 @@ def latency_cmd(
     if json_out:
         print_json(results[0] if len(results) == 1 else results)
     else:
-        console.print(format_table(results), highlight=False)
+        console.print(format_table(results), highlight=False, markup=False)
         console.print(
             "ratio = fabric p50 / baseline p50 (seed protocol: msgpack + np.save; raw: zero-copy)",
             style="dim",

@@ -14,7 +14,7 @@ from rich.console import Console
 from arena_eval.broker.embedded import EmbeddedInfo, EmbeddedRedis, resolve_url, server_status
 from arena_eval.broker.redis_cli import run_redis_cli
 from arena_eval.broker.settings import mask_url
-from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, print_json, settings_for
+from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, esc, print_json, settings_for
 
 app = typer.Typer(
     help="Manage the embedded Redis server and talk to the configured one.",
@@ -40,7 +40,7 @@ def _print_info(info: EmbeddedInfo, as_json: bool) -> None:
     if info.home:
         rows["home"] = info.home
     for key, value in rows.items():
-        console.print(f"[bold]{key:>8}[/]  {value}")
+        console.print(f"[bold]{key:>8}[/]  {esc(value)}")
 
 
 @app.command()
@@ -76,7 +76,7 @@ def status(
     if as_json:
         print_json({"running": False, "url": settings.masked_url()})
     else:
-        console.print(f"Redis ({settings.masked_url()}) is not running / not answering")
+        console.print(f"Redis ({esc(settings.masked_url())}) is not running / not answering")
     raise typer.Exit(1)
 
 

@@ -92,12 +92,12 @@ def up_cmd(
             stack.wait_ready()
         names = ", ".join(c.name for c in stack.children)
         console.print(
-            f"up on {settings.with_url(stack.url).masked_url()}: {names}. "
+            f"up on {esc(settings.with_url(stack.url).masked_url())}: {esc(names)}. "
             "Submit jobs with `arena-eval submit`; Ctrl-C stops everything.",
             highlight=False,
         )
         while True:
-            stack.supervise_once(lambda msg: console.print(msg, highlight=False))
+            stack.supervise_once(lambda msg: console.print(msg, highlight=False, markup=False))
             time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("stopping...")
