@@ -73,10 +73,12 @@ def register(r: redis.Redis, keys: Keys, pool: str, worker_id: str, spec: Policy
                     f"cannot join pool {pool!r}: {reason}. Live workers {others} serve the "
                     "current spec; use another --pool name or stop them first."
                 )
+    # First and alone: a role that may not serve pools (the sim ACL user) is refused here,
+    # before it writes anything; worker roles may not run MULTI, so a transaction can't help.
+    r.sadd(keys.pools(), pool)
     prune(r, keys, pool)  # ids of workers that died without deregistering
     pipe = r.pipeline(transaction=False)
     pipe.set(keys.pool_spec(pool), spec.to_json())
-    pipe.sadd(keys.pools(), pool)
     pipe.sadd(keys.pool_workers(pool), worker_id)
     pipe.execute()
 

@@ -77,6 +77,8 @@ def _register_subcommands() -> None:
     app.add_typer(sim_cmd.app, name="sim")
     for name, command in job_cmd.COMMANDS.items():
         app.command(name)(command)
+    for name, group in job_cmd.GROUPS.items():
+        app.add_typer(group, name=name)
     app.command("up")(stack_cmd.up_cmd)
     app.command("demo")(stack_cmd.demo_cmd)
 

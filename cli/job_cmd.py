@@ -491,7 +491,6 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "submit": submit_cmd,
     "status": status_cmd,
     "results": results_cmd,
-    "jobs": jobs_cmd,  # the listing alone, until cli/app.py registers GROUPS (which wins)
     "cancel": cancel_cmd,
     "workers": workers_cmd,
 }

@@ -12,7 +12,7 @@ import logging
 import typer
 
 from arena_eval.broker.jobs import DEFAULT_NUM_ENVS
-from arena_eval.cli.common import REDIS_URL_OPTION, console, settings_for
+from arena_eval.cli.common import REDIS_URL_OPTION, console, esc, settings_for
 from arena_eval.sim_worker.envs.gym_env import Vectorization
 
 app = typer.Typer(
@@ -73,8 +73,9 @@ def serve_cmd(
         vectorization=vectorization.value,
         max_deliveries=max_deliveries,
     )
+    worker.join()
     console.print(
-        f"sim worker [bold]{worker.worker_id}[/] ({num_envs} env slots, lease {lease_ms} ms) "
+        f"sim worker [bold]{esc(worker.worker_id)}[/] ({num_envs} env slots, lease {lease_ms} ms) "
         f"on {settings.masked_url()}",
         highlight=False,
     )

@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,8 +70,16 @@ class PolicyTimeout(ArenaEvalError):
     """No answer from the pool within the timeout."""
 
 
+class PolicyInterrupted(ArenaEvalError):
+    """The caller's ``should_stop`` said to give up waiting (a stop signal, a cancelled job)."""
+
+
 class RemotePolicyError(ArenaEvalError):
     """A policy worker answered with an error (bad input, or the policy raised)."""
+
+
+def _never() -> bool:
+    return False
 
 
 _CONNECTION_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
@@ -90,6 +98,7 @@ class PolicyClient:
         transport: str = "auto",
         compression: str | None = None,
         handshake: bool = True,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         if transport not in ("auto", "redis", "shm"):
             raise ArenaEvalError(f"transport must be auto, redis or shm, not {transport!r}")
@@ -98,6 +107,8 @@ class PolicyClient:
         self.keys = Keys(self.settings.prefix)
         self._r = client if client is not None else connect(self.settings)
         self.timeout_s = timeout_s
+        #: Polled at least once a second while waiting for an answer; True -> PolicyInterrupted.
+        self.should_stop = should_stop or _never
         self.transport = transport
         self.compression = compression or _default_compression(self._r)
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -206,6 +217,8 @@ class PolicyClient:
         backoff = 0.02
         last_progress = time.monotonic()
         while True:
+            if self.should_stop():
+                raise PolicyInterrupted(f"stopped waiting for pool {self.pool!r} (request {rid})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PolicyTimeout(

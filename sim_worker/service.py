@@ -40,11 +40,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -60,7 +58,12 @@ from arena_eval.broker.signals import stop_on_signals
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.broker.units import WorkUnit
 from arena_eval.sim_worker.chunking import ChunkedPolicy
-from arena_eval.sim_worker.client import PolicyClient, PolicyTimeout, RemotePolicyError
+from arena_eval.sim_worker.client import (
+    PolicyClient,
+    PolicyInterrupted,
+    PolicyTimeout,
+    RemotePolicyError,
+)
 from arena_eval.sim_worker.envs import VectorEnv, make_env
 from arena_eval.sim_worker.envs.gym_env import VECTORIZATIONS
 from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_mismatch
@@ -79,34 +82,6 @@ class Outcome(enum.Enum):
     REQUEUE = "requeue"  # worker stopping: hand back now
     DEFER = "defer"  # no live worker serves its pool: hand back, take other work
     LOST = "lost"  # another worker holds it now: touch nothing
-
-
-class StopWaiting(BaseException):
-    """Raised by a stop signal in the main thread while it waits for a policy answer.
-
-    A ``BaseException``, like ``KeyboardInterrupt``, so that no ``except Exception`` on
-    the way (rollout, env, client) swallows it.
-    """
-
-
-class _StoppableClient(PolicyClient):
-    """A PolicyClient that tells its worker when a stop signal may interrupt it."""
-
-    waiting = False
-
-    def infer(
-        self,
-        obs: Mapping[str, np.ndarray],
-        episode_ids: Sequence[str | int],
-        *,
-        step: int = 0,
-        starts: Sequence[str | int] = (),
-    ) -> np.ndarray:
-        self.waiting = True
-        try:
-            return super().infer(obs, episode_ids, step=step, starts=starts)
-        finally:
-            self.waiting = False
 
 
 @dataclass
@@ -168,8 +143,9 @@ class SimWorker:
         self._next_claim = 0.0
         self._env: VectorEnv | None = None
         self._env_key: tuple[Any, ...] | None = None
-        self._clients: dict[str, _StoppableClient] = {}
+        self._clients: dict[str, PolicyClient] = {}
         self._beat: threading.Thread | None = None
+        self._joined = False
 
     # -- lifecycle -------------------------------------------------------------
     def stop(self) -> None:
@@ -178,16 +154,17 @@ class SimWorker:
         if lease is not None:
             lease.stop("worker stopping")
 
-    def stop_from_signal(self) -> None:
-        """``stop()``, and interrupt a wait for a policy answer (main thread only)."""
-        self.stop()
-        if any(c.waiting for c in self._clients.values()):
-            raise StopWaiting
+    def join(self) -> None:
+        """Join the unit queue and publish the first heartbeat: the first writes, so a Redis
+        user without the sim role is refused here, before the worker says it is serving."""
+        if not self._joined:
+            units.ensure_units_group(self._r, self.keys)
+            self._heartbeat_once()
+            self._joined = True
 
     def run(self, *, burst: bool = False) -> int:
         """Process units until stopped; ``burst`` returns once nothing is queued or pending."""
-        units.ensure_units_group(self._r, self.keys)
-        self._heartbeat_once()
+        self.join()
         self._beat = threading.Thread(
             target=self._heartbeat_loop, name="sim-heartbeat", daemon=True
         )
@@ -331,8 +308,8 @@ class SimWorker:
             lease.episodes_done = len(done)
             try:
                 self._rollout(job, lease, env, [i for i in lease.unit.indices if i not in done])
-            except StopWaiting:
-                self._discard_client(job.spec.pool)  # interrupted mid-request: start afresh
+            except PolicyInterrupted:  # stopping or cancelled while waiting for an answer
+                self._discard_client(job.spec.pool)  # its reply stream may still get the answer
                 return self._aborted(job, lease)
             except (PolicyTimeout, pool.PoolNotFound) as exc:
                 live = pool.live_workers(self._r, self.keys, job.spec.pool)
@@ -458,15 +435,20 @@ class SimWorker:
                 self._env.close()
             self._env = None
 
-    def _client_for(self, pool_name: str) -> _StoppableClient:
+    def _client_for(self, pool_name: str) -> PolicyClient:
         client = self._clients.get(pool_name)
         if client is None:
-            client = _StoppableClient(
+            client = PolicyClient(
                 pool_name, self.settings, client=self._r, timeout_s=self.policy_timeout_s,
-                handshake=False,
+                handshake=False, should_stop=self._lease_aborted,
             )  # fmt: skip
             self._clients[pool_name] = client
         return client
+
+    def _lease_aborted(self) -> bool:
+        """True once the running unit must stop: a stop signal, a cancel, a lost lease."""
+        lease = self._lease
+        return self._stop.is_set() or (lease is not None and lease.abort.is_set())
 
     def _discard_client(self, pool_name: str) -> None:
         client = self._clients.pop(pool_name, None)
@@ -519,7 +501,7 @@ class SimWorker:
 
 def serve(worker: SimWorker, *, burst: bool = False) -> int:
     """Run ``worker`` until SIGTERM/SIGINT, which hand the running unit back and exit cleanly."""
-    with stop_on_signals(worker.stop_from_signal, "handing the running unit back"):
+    with stop_on_signals(worker.stop, "handing the running unit back"):
         return worker.run(burst=burst)
 
 

@@ -118,6 +118,7 @@ def test_denied_command_names_the_role_it_needs(
     assert f"Redis user {user!r} may not run `arena-eval {command}`" in errors[0]
     assert f"needs the {role!r} role" in errors[0]
     assert pw[user] not in out.stdout + out.stderr
+    assert "serving" not in out.stdout and "sim worker" not in out.stdout  # refused before
 
 
 def test_sim_role_cannot_join_a_pool(own_server: TestServer) -> None:
@@ -128,6 +129,7 @@ def test_sim_role_cannot_join_a_pool(own_server: TestServer) -> None:
     assert "serving" not in out.stdout
     admin = redis.Redis(port=own_server.port, password=own_server.password)
     assert not admin.sismember(keys.pools(), "p")
+    assert not admin.exists(keys.pool_spec("p"), keys.pool_workers("p"))  # nothing written first
     sim_r = redis.Redis.from_url(f"redis://sim:{pw['sim']}@127.0.0.1:{own_server.port}/0")
     for attempt in (
         lambda: sim_r.sadd(keys.pools(), "p"),

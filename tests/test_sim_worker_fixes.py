@@ -153,3 +153,26 @@ def test_bogus_vectorization_is_refused_at_start(settings: RedisSettings) -> Non
     assert "sim worker" not in out.output  # it never started
     with pytest.raises(ConfigError, match="vectorization must be one of sync, async"):
         SimWorker(settings, vectorization="bogus")
+
+
+def test_should_stop_interrupts_a_wait_for_an_answer(settings: RedisSettings) -> None:
+    """A cancelled job or a stop signal must not wait out the policy timeout: the client
+    polls ``should_stop`` while it waits, and gives up with PolicyInterrupted."""
+    import numpy as np
+
+    from arena_eval.broker.spec import PolicySpec
+    from arena_eval.sim_worker.client import PolicyClient, PolicyInterrupted
+
+    stop = threading.Event()
+    client = PolicyClient(
+        "nobody-answers", settings, timeout_s=120, handshake=False, should_stop=stop.is_set
+    )
+    client.spec = PolicySpec(name="silent", action_shape=(1, 1))
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(PolicyInterrupted, match="stopped waiting for pool 'nobody-answers'"):
+            client.infer({"x": np.zeros((1, 1), np.float32)}, [0])
+    finally:
+        timer.cancel()
+        client.close()
