@@ -108,7 +108,7 @@ def test_url_is_masked_and_password_file_private(home: Path) -> None:
     assert info is not None and password not in repr(info) and password not in str(info)
 
     external = runner.invoke(app, ["redis", "url", "--redis-url", "redis://u:secret@h:1/0"])
-    assert external.output.strip() == "redis://u:****@h:1/0"
+    assert external.stdout.strip() == "redis://u:****@h:1/0"
 
 
 def test_stop_stops_and_second_start_reuses(home: Path) -> None:
