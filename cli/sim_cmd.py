@@ -73,11 +73,13 @@ def serve_cmd(
         vectorization=vectorization.value,
         max_deliveries=max_deliveries,
     )
-    worker.join()
-    console.print(
-        f"sim worker [bold]{esc(worker.worker_id)}[/] ({num_envs} env slots, lease {lease_ms} ms) "
-        f"on {settings.masked_url()}",
-        highlight=False,
-    )
-    handled = serve(worker, burst=burst)
+
+    def say_serving() -> None:
+        console.print(
+            f"sim worker [bold]{esc(worker.worker_id)}[/] ({num_envs} env slots, "
+            f"lease {lease_ms} ms) on {esc(settings.masked_url())}",
+            highlight=False,
+        )
+
+    handled = serve(worker, burst=burst, on_joined=say_serving)
     console.print(f"stopped after {handled} units", highlight=False)

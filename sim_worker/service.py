@@ -40,6 +40,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -499,9 +500,15 @@ class SimWorker:
                 log.debug("heartbeat failed: %s", exc)
 
 
-def serve(worker: SimWorker, *, burst: bool = False) -> int:
-    """Run ``worker`` until SIGTERM/SIGINT, which hand the running unit back and exit cleanly."""
+def serve(
+    worker: SimWorker, *, burst: bool = False, on_joined: Callable[[], None] | None = None
+) -> int:
+    """Run ``worker`` until SIGTERM/SIGINT/SIGHUP, which hand the running unit back and exit
+    cleanly. ``on_joined`` runs once the worker has joined (the CLI says "serving" there)."""
     with stop_on_signals(worker.stop, "handing the running unit back"):
+        worker.join()  # inside the handlers: once it is visible as live, a signal stops it cleanly
+        if on_joined is not None:
+            on_joined()
         return worker.run(burst=burst)
 
 
