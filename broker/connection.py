@@ -51,6 +51,15 @@ class _PackInPython:
             return packer
         return PythonRespSerializer(self._buffer_cutoff, self.encoder.encode)  # type: ignore[attr-defined]
 
+    def connect(self) -> None:
+        """Connect; refused credentials become ``BrokerAuthError`` here too, because some
+        redis-py releases authenticate outside the retry loop (see ``_FailFastRetry``)."""
+        try:
+            super().connect()  # type: ignore[misc]
+        except AuthenticationError as exc:
+            peer = getattr(getattr(self, "retry", None), "peer", None)
+            raise auth_error(exc, peer if isinstance(peer, Peer) else Peer()) from None
+
 
 class TcpConnection(_PackInPython, redis.Connection):
     pass
@@ -88,7 +97,7 @@ _CREDENTIALS_HINT = (
 
 def auth_error(exc: AuthenticationError, peer: Peer) -> BrokerAuthError:
     """A readable ``BrokerAuthError`` for redis-py's ``exc`` (the server's text has no secret)."""
-    code = getattr(exc, "status_code", None)
+    code = getattr(exc, "status_code", None) or _refusal_code(str(exc))
     if code == "NOAUTH":  # the server's text (about HELLO) would only confuse
         return BrokerAuthError(
             f"Redis at {peer.where} requires a password and none was given. {_CREDENTIALS_HINT}"
@@ -101,6 +110,16 @@ def auth_error(exc: AuthenticationError, peer: Peer) -> BrokerAuthError:
     else:
         what = f"Redis at {peer.where} refused the authentication of user {peer.user!r}"
     return BrokerAuthError(f"{what} ({str(exc).rstrip('.')}). {_CREDENTIALS_HINT}")
+
+
+def _refusal_code(text: str) -> str | None:
+    """The server's error code, from its text, for redis-py releases without ``status_code``."""
+    lowered = text.lower()
+    if "wrongpass" in lowered or "invalid username-password pair" in lowered:
+        return "WRONGPASS"
+    if "noauth" in lowered or "authentication required" in lowered:
+        return "NOAUTH"
+    return None
 
 
 def is_permission_error(exc: BaseException) -> bool:
@@ -135,25 +154,24 @@ class _FailFastRetry(Retry):
         self.peer = peer
 
     def call_with_retry(  # type: ignore[override]
-        self,
-        do: Callable[[], _T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
+        self, do: Callable[[], _T], fail: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> _T:
-        def retryable(error: Exception) -> bool:
-            if isinstance(error, AuthenticationError):
-                return False
-            return is_retryable is None or is_retryable(error)
+        # Refusals are translated inside ``do``: the ArenaEvalError they become is not a
+        # connection error, so no redis-py version's Retry loop retries it. Extra arguments
+        # (``is_retryable``, ``with_failure_count`` in redis-py >= 6) pass through untouched.
+        peer = self.peer
 
-        try:
-            return super().call_with_retry(do, fail, retryable, with_failure_count)
-        except AuthenticationError as exc:
-            raise auth_error(exc, self.peer) from None
-        except ResponseError as exc:
-            if is_permission_error(exc):
-                raise permission_error(exc, self.peer) from None
-            raise
+        def do_or_refuse() -> _T:
+            try:
+                return do()
+            except AuthenticationError as exc:
+                raise auth_error(exc, peer) from None
+            except ResponseError as exc:
+                if is_permission_error(exc):
+                    raise permission_error(exc, peer) from None
+                raise
+
+        return super().call_with_retry(do_or_refuse, fail, *args, **kwargs)
 
 
 def retry_policy(budget_s: float, peer: Peer | None = None) -> Retry:
