@@ -24,10 +24,11 @@ How the job-level guarantees come out of this loop:
   before any request, with the mismatch spelled out.
 * **Graceful stop.** ``stop()`` (SIGTERM/SIGINT) aborts the running unit and
   puts it back at the tail of the queue at once instead of waiting for the
-  lease to lapse. A signal that arrives while the worker waits for a policy
-  answer (up to ``policy_timeout_s`` on a pool whose worker died) interrupts
-  that wait, like Ctrl-C interrupts a blocking call: redis-py drops a
-  connection interrupted mid-command, and the client is discarded.
+  lease to lapse. A stop or a cancel that comes while the worker waits for a
+  policy answer (up to ``policy_timeout_s`` on a pool whose worker died) ends
+  that wait within a second: the PolicyClient polls ``should_stop`` between
+  its blocking reads and raises ``PolicyInterrupted``; the client is then
+  discarded, so a late answer lands on a reply stream nobody reads.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from arena_eval.broker import fleet, jobs, pool, results, streams, units
 from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import BrokerUnavailable, ConfigError
+from arena_eval.broker.fields import as_text
 from arena_eval.broker.jobs import Job, JobNotFound, JobSpec
 from arena_eval.broker.keys import SIM_GROUP, Keys
 from arena_eval.broker.settings import RedisSettings
@@ -485,7 +487,7 @@ class SimWorker:
         replies = pipe.execute()
         if lease is None:
             return
-        state = units.text(replies[-1]) if replies[-1] is not None else "deleted"
+        state = as_text(replies[-1]) if replies[-1] is not None else "deleted"
         if state == "deleted" or jobs.JobState(state).terminal:
             lease.stop(f"job {state}")
         elif not units.renew(self._r, self.keys, lease.unit.entry_id, self.worker_id):
