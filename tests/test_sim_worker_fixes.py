@@ -87,7 +87,8 @@ def test_sigterm_while_waiting_on_a_dead_pool_hands_the_unit_back_at_once(
 ) -> None:
     with procs(settings, tmp_path) as p:
         policy = _serve_pool(p, "dying")
-        sim = p.cli("sim", "serve", "--num-envs", "1", name="sim")  # policy timeout: 30 s
+        # A policy timeout no test would wait out: only the stop can end the wait.
+        sim = p.cli("sim", "serve", "--num-envs", "1", "--policy-timeout", "3600", name="sim")
         wait_until(lambda: live_workers(r, keys, "dying"), 60, "the policy worker", p.procs)
         wait_until(lambda: live_sim_workers(r, keys), 60, "the sim worker", p.procs)
         spec = JobSpec(task="CartPole-v1", pool="dying", episodes=400, num_envs=1, shard_size=400)
@@ -101,7 +102,7 @@ def test_sigterm_while_waiting_on_a_dead_pool_hands_the_unit_back_at_once(
         assert not _state(r, keys, job_id).terminal
         sim.send_signal(signal.SIGTERM)
         try:
-            code = sim.wait(10)  # a deadline well inside the 30 s policy timeout
+            code = sim.wait(120)  # generous; without the fix the wait lasts an hour
         except subprocess.TimeoutExpired:
             pytest.fail("the sim worker ignored SIGTERM while waiting for a dead pool")
         assert code == 0, p.log_of(sim)
