@@ -2,7 +2,7 @@
 
 ``main`` is the console-script entry point. It turns every ``ArenaEvalError``
 into one readable line on stderr and exit status 1, instead of a traceback. An
-ACL denial (NOPERM) gets the role the command needs (docker/users.acl) next to
+ACL denial (NOPERM) gets the role the command needs (docker/ACL.md) next to
 the user that was denied. Error text is printed as plain text, never as rich
 markup: it is full of job ids, task names and server replies.
 
@@ -104,7 +104,7 @@ def _denied(user: str | None, detail: str) -> str:
     who = f"Redis user {user!r}" if user else "the Redis user"
     return (
         f"{who} may not run `arena-eval {command}` ({detail}). It needs the {role!r} role "
-        f"(docker/users.acl): connect as a user with it, e.g. redis://{role}:PASSWORD@host:port "
+        f"(docker/ACL.md): connect as a user with it, e.g. redis://{role}:PASSWORD@host:port "
         "in ARENA_REDIS_URL."
     )
 
