@@ -16,8 +16,14 @@ from typing import Any
 SHOWN_CHARS = 60
 
 
-def as_text(raw: Any) -> str:
-    """A Redis reply item as str; bytes that are not UTF-8 are replaced, never raised on."""
+def as_text(raw: Any, none: str = "") -> str:
+    """A Redis reply item as str, ``none`` for None; bytes that are not UTF-8 are replaced.
+
+    The one decoding helper of the project: anything read from Redis may have been
+    written by hand, so decoding never raises; a replaced id simply matches no key.
+    """
+    if raw is None:
+        return none
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 

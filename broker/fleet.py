@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import Keys
-from arena_eval.broker.units import text
 
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TTL_S = 5.0
@@ -53,7 +53,7 @@ def deregister(r: redis.Redis, keys: Keys, worker_id: str) -> None:
 
 def live_sim_workers(r: redis.Redis, keys: Keys) -> list[SimWorkerRecord]:
     """Workers whose heartbeat key exists; ids whose key expired are pruned from the set."""
-    ids = sorted(text(m) for m in r.smembers(keys.sim_workers()))
+    ids = sorted(as_text(m) for m in r.smembers(keys.sim_workers()))
     if not ids:
         return []
     raws = r.mget([keys.sim_worker(w) for w in ids])

@@ -30,13 +30,13 @@ from typing import Any
 import redis
 
 from arena_eval.broker.errors import ArenaEvalError, ConfigError
+from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import Keys, check_name
 from arena_eval.broker.units import (
     drop_job_units,
     enqueue,
     ensure_units_group,
     split_shards,
-    text,
 )
 
 #: Episodes per work unit when the job spec does not say: twice the env slots
@@ -173,7 +173,7 @@ class Job:
 
     @classmethod
     def from_hash(cls, job_id: str, data: Mapping[Any, Any]) -> Job:
-        d = {text(k): text(v) for k, v in data.items()}
+        d = {as_text(k): as_text(v) for k, v in data.items()}
         try:
             state = JobState(d.get("state", ""))
         except ValueError:
@@ -229,13 +229,32 @@ def get_job(r: redis.Redis, keys: Keys, job_id: str) -> Job:
     return Job.from_hash(job_id, data)
 
 
+#: Jobs-set members read per round trip while looking for the latest valid id.
+_SCAN_PAGE = 100
+
+
 def latest_job_id(r: redis.Redis, keys: Keys) -> str:
-    ids = r.zrevrange(keys.jobs(), 0, 0)
-    if not ids:
-        raise JobNotFound(
-            "no jobs yet; submit one with `arena-eval submit --task TASK --pool POOL --episodes N`"
-        )
-    return text(ids[0])
+    """The newest member of the jobs set that is a job id; junk written by hand is skipped."""
+    start = 0
+    while members := list(r.zrevrange(keys.jobs(), start, start + _SCAN_PAGE - 1)):
+        for member in members:
+            if (job_id := _job_id(member)) is not None:
+                return job_id
+        start += _SCAN_PAGE
+    raise JobNotFound(
+        "no jobs yet; submit one with `arena-eval submit --task TASK --pool POOL --episodes N`"
+    )
+
+
+def _job_id(member: Any) -> str | None:
+    """A jobs-set member as a job id, or None if it cannot be one (junk from redis-cli)."""
+    try:
+        # strict: a lossy decoding would name another job, and ZREM of it would miss the member
+        job_id = member.decode() if isinstance(member, bytes) else str(member)
+        check_name("job", job_id)
+    except (UnicodeDecodeError, ConfigError):
+        return None
+    return job_id
 
 
 def transition(
@@ -308,7 +327,7 @@ def job_state(r: redis.Redis, keys: Keys, job_id: str) -> JobState | None:
     if raw is None:
         return None
     try:
-        return JobState(text(raw))
+        return JobState(as_text(raw))
     except ValueError:
         return None
 
@@ -349,9 +368,20 @@ class PrunedJob:
     ended: float
 
 
-def prune(
-    r: redis.Redis, keys: Keys, older_than_s: float, *, dry_run: bool = False
-) -> list[PrunedJob]:
+@dataclass(frozen=True)
+class PruneReport:
+    """What ``prune`` deleted (or would delete, in a dry run).
+
+    ``junk``: members of the jobs set older than the cutoff that are not job ids
+    (not UTF-8, or not a valid name; written by hand), shown with bad bytes
+    replaced. They name no keys, so only the set entry goes.
+    """
+
+    pruned: list[PrunedJob]
+    junk: list[str]
+
+
+def prune(r: redis.Redis, keys: Keys, older_than_s: float, *, dry_run: bool = False) -> PruneReport:
     """Delete the keys of jobs that ended more than ``older_than_s`` ago, oldest first.
 
     Only completed, failed and cancelled jobs go (queued, waiting and running
@@ -364,11 +394,21 @@ def prune(
         raise ConfigError(f"older-than must not be negative, got {older_than_s}")
     cutoff = time.time() - older_than_s
     # a job submitted after the cutoff cannot have ended before it
-    ids = [text(i) for i in r.zrangebyscore(keys.jobs(), "-inf", f"({cutoff!r}")]
+    members: list[Any] = r.zrangebyscore(keys.jobs(), "-inf", f"({cutoff!r}")
+    ids: list[str] = []
+    junk: list[Any] = []
+    for member in members:
+        job_id = _job_id(member)
+        if job_id is None:
+            junk.append(member)
+        else:
+            ids.append(job_id)
+    if junk and not dry_run:
+        r.zrem(keys.jobs(), *junk)  # the raw members: a decoded one would not match
     script = r.register_script(_PRUNE)
     pruned: list[PrunedJob] = []
     for start in range(0, len(ids), _PRUNE_BATCH):
-        batch = [i for i in ids[start : start + _PRUNE_BATCH] if _valid_job_id(i)]
+        batch = ids[start : start + _PRUNE_BATCH]
         pipe = r.pipeline(transaction=False)
         for job_id in batch:
             keys_ = [keys.job(job_id), keys.job_results(job_id), keys.job_stats(job_id),
@@ -376,13 +416,5 @@ def prune(
             script(keys=keys_, args=[job_id, repr(cutoff), int(dry_run)], client=pipe)
         for job_id, reply in zip(batch, pipe.execute(), strict=True):
             if reply:
-                pruned.append(PrunedJob(job_id, text(reply[0]), float(reply[1])))
-    return pruned
-
-
-def _valid_job_id(job_id: str) -> bool:
-    try:
-        check_name("job", job_id)
-    except ConfigError:
-        return False
-    return True
+                pruned.append(PrunedJob(job_id, as_text(reply[0]), float(reply[1])))
+    return PruneReport(pruned, [as_text(m) for m in junk])

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from arena_eval.broker.errors import ArenaEvalError
+from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import POLICY_GROUP, Keys
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 
@@ -47,7 +48,7 @@ def read_spec(r: redis.Redis, keys: Keys, pool: str) -> PolicySpec | None:
 
 
 def live_workers(r: redis.Redis, keys: Keys, pool: str) -> list[WorkerRecord]:
-    ids = sorted(_text(m) for m in r.smembers(keys.pool_workers(pool)))
+    ids = sorted(as_text(m) for m in r.smembers(keys.pool_workers(pool)))
     if not ids:
         return []
     raws = r.mget([keys.pool_worker(pool, w) for w in ids])
@@ -101,7 +102,7 @@ def deregister(r: redis.Redis, keys: Keys, pool: str, worker_id: str) -> None:
 def prune(r: redis.Redis, keys: Keys, pool: str) -> list[str]:
     """Drop ids of workers whose heartbeat expired from the pool's member set."""
     live = {w.worker_id for w in live_workers(r, keys, pool)}
-    ids = {_text(m) for m in r.smembers(keys.pool_workers(pool))}
+    ids = {as_text(m) for m in r.smembers(keys.pool_workers(pool))}
     dead = sorted(ids - live)
     if dead:
         r.srem(keys.pool_workers(pool), *dead)
@@ -109,7 +110,7 @@ def prune(r: redis.Redis, keys: Keys, pool: str) -> list[str]:
 
 
 def pool_names(r: redis.Redis, keys: Keys) -> list[str]:
-    return sorted(_text(m) for m in r.smembers(keys.pools()))
+    return sorted(as_text(m) for m in r.smembers(keys.pools()))
 
 
 def wait_for_pool(
@@ -179,7 +180,3 @@ def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
         "queued_entries": queued,
         "dead_letters": int(r.xlen(keys.pool_dead(pool))),
     }
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from arena_eval.broker import streams
+from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import SIM_GROUP, Keys
 
 F_JOB = "job"
@@ -80,9 +81,9 @@ class WorkUnit:
     @classmethod
     def from_entry(cls, entry_id: bytes | str, fields: dict[Any, Any]) -> WorkUnit | None:
         """Parse a stream entry; None if it is not a well-formed unit (garbage is dropped)."""
-        data = {text(k): text(v) for k, v in fields.items()}
+        data = {as_text(k): as_text(v) for k, v in fields.items()}
         try:
-            unit = cls(data[F_JOB], int(data[F_START]), int(data[F_COUNT]), text(entry_id))
+            unit = cls(data[F_JOB], int(data[F_START]), int(data[F_COUNT]), as_text(entry_id))
         except (KeyError, ValueError):
             return None
         return unit if unit.job_id and unit.start >= 0 and unit.count >= 1 else None
@@ -112,7 +113,7 @@ def read_new(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> list[W
     out: list[WorkUnit | str] = []
     for _stream, entries in resp or []:
         for entry_id, fields in entries:
-            out.append(WorkUnit.from_entry(entry_id, fields or {}) or text(entry_id))
+            out.append(WorkUnit.from_entry(entry_id, fields or {}) or as_text(entry_id))
     return out
 
 
@@ -127,8 +128,8 @@ def claim_stale(
     claimed, deleted = streams.autoclaim_scan(
         raw, keys.units(), SIM_GROUP, consumer, min_idle_ms, count
     )
-    found = [WorkUnit.from_entry(eid, fields) or text(eid) for eid, fields in claimed]
-    return found, [text(e) for e in deleted]
+    found = [WorkUnit.from_entry(eid, fields) or as_text(eid) for eid, fields in claimed]
+    return found, [as_text(e) for e in deleted]
 
 
 def renew(r: redis.Redis, keys: Keys, entry_id: str, consumer: str) -> bool:
@@ -173,7 +174,7 @@ def iter_units(r: redis.Redis, keys: Keys, page: int = 1000) -> Iterator[WorkUni
                 yield unit
         if len(entries) < page:
             return
-        lo = "(" + text(entries[-1][0])
+        lo = "(" + as_text(entries[-1][0])
 
 
 def drop_job_units(r: redis.Redis, keys: Keys, job_id: str) -> int:
@@ -198,8 +199,3 @@ def leave_group(r: redis.Redis, keys: Keys, consumer: str) -> None:
             r.xgroup_delconsumer(keys.units(), SIM_GROUP, consumer)
     except redis.ResponseError:
         pass
-
-
-def text(value: Any) -> str:
-    """A Redis reply item (bytes or str) as str."""
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -6,7 +6,6 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from arena_eval.broker.keys import Keys
@@ -16,6 +15,7 @@ from arena_eval.cli.common import (
     REDIS_URL_OPTION,
     cli_client,
     console,
+    esc,
     print_json,
     settings_for,
 )
@@ -64,9 +64,9 @@ def serve_cmd(
 
     def announce(worker: PolicyWorker) -> None:
         console.print(
-            f"policy worker [bold]{escape(worker.worker_id)}[/] serving pool "
-            f"[bold]{escape(pool)}[/] ({escape(worker.spec.name)}, actions "
-            f"{list(worker.spec.action_shape)}) on {escape(settings.masked_url())}",
+            f"policy worker [bold]{esc(worker.worker_id)}[/] serving pool "
+            f"[bold]{esc(pool)}[/] ({esc(worker.spec.name)}, actions "
+            f"{list(worker.spec.action_shape)}) on {esc(settings.masked_url())}",
             highlight=False,
         )
 
@@ -111,17 +111,17 @@ def describe_cmd(
     if json_out:
         print_json(info)
         return
-    console.print(f"[bold]{escape(info['policy'])}[/]  {escape(info['source'])}", highlight=False)
-    console.print(escape(info["description"]) or "(no description)", highlight=False)
+    console.print(f"[bold]{esc(info['policy'])}[/]  {esc(info['source'])}", highlight=False)
+    console.print(esc(info["description"]) or "(no description)", highlight=False)
     table = Table("argument", "type", "default", "help", title="arguments (--policy-arg k=v)")
     for a in info["arguments"]:
         default = "(required)" if a["required"] else repr(a["default"])
-        table.add_row(escape(a["name"]), escape(a["type"]), escape(default), escape(a["help"]))
+        table.add_row(esc(a["name"]), esc(a["type"]), esc(default), esc(a["help"]))
     console.print(table if info["arguments"] else "arguments: none")
     if info["spec"] is not None:
-        console.print(f"spec: {escape(_spec_text(info['spec']))}", highlight=False)
+        console.print(f"spec: {esc(_spec_text(info['spec']))}", highlight=False)
     elif info["spec_note"]:
-        console.print(f"spec: {escape(info['spec_note'])}", highlight=False)
+        console.print(f"spec: {esc(info['spec_note'])}", highlight=False)
 
 
 def _spec_text(spec: dict[str, Any]) -> str:
@@ -154,7 +154,7 @@ def pools_cmd(
         return
     for p in pools:
         console.print(
-            f"[bold]{escape(p['pool'])}[/]  policy={escape(_spec_text(p['spec'] or {}))}  "
+            f"[bold]{esc(p['pool'])}[/]  policy={esc(_spec_text(p['spec'] or {}))}  "
             f"pending={p['pending_requests']}  dead_letters={p['dead_letters']}",
             highlight=False,
         )
@@ -162,9 +162,9 @@ def pools_cmd(
         table.add_column("worker", no_wrap=True)
         for w in p["workers"]:
             table.add_row(
-                escape(str(w["host"])), escape(str(w["state"])), f"{w['heartbeat_age_s']:.1f}s",
+                esc(str(w["host"])), esc(str(w["state"])), f"{w['heartbeat_age_s']:.1f}s",
                 f"{w['batches_per_s']:.2f}", f"{w['mean_batch_rows']:.2f}", str(w["requests"]),
-                escape(str(w["worker_id"])),
+                esc(str(w["worker_id"])),
             )  # fmt: skip
         if not p["workers"]:
             console.print("  no live workers")

@@ -29,7 +29,7 @@ from arena_eval.cli.common import (
     print_json,
     settings_for,
 )
-from arena_eval.cli.job_cmd import print_results, wait_with_progress
+from arena_eval.cli.job_run_cmd import print_results, wait_with_progress
 from arena_eval.stack import LocalStack
 
 DEMO_TASK = "door-open-v3"
