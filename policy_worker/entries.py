@@ -127,9 +127,3 @@ def rows(p: Pending) -> int:
     if p.request is None or not p.request.obs:
         return 0
     return int(next(iter(p.request.obs.values())).shape[0])
-
-
-def text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return "" if value is None else str(value)

@@ -47,9 +47,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import codec, pool, shm, streams
+from arena_eval.broker import codec, pool, shm, shm_trust, streams
 from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import ArenaEvalError
+from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import POLICY_GROUP, Keys
 from arena_eval.broker.protocol import (
     F_DATA,
@@ -69,7 +70,6 @@ from arena_eval.policy_worker.entries import (
     dead_letter_command,
     delivery_counts,
     reply_commands,
-    text,
 )
 from arena_eval.policy_worker.entries import rows as entry_rows
 from arena_eval.policy_worker.identity import identify
@@ -119,7 +119,7 @@ class PolicyWorker:
         self.max_deliveries = max_deliveries
         self.block_ms = block_ms
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.host_id = shm.host_id()
+        self.host_id = shm_trust.host_id()
         # the arguments it was built with feed its identity, unless it declares its own
         self.spec: PolicySpec = identify(policy, policy_args)
         self.streams = [
@@ -307,8 +307,8 @@ class PolicyWorker:
 
     def _decode(self, p: Pending) -> Pending:
         t0 = time.perf_counter()
-        p.rid = text(p.fields.get(F_RID))
-        p.reply = text(p.fields.get(F_REPLY))
+        p.rid = as_text(p.fields.get(F_RID))
+        p.reply = as_text(p.fields.get(F_REPLY))
         try:
             if p.reply and not self.keys.is_reply_stream(p.reply):
                 bad, p.reply = p.reply, ""  # never write to a key a request merely names
@@ -324,7 +324,7 @@ class PolicyWorker:
                 payload = p.fields[F_DATA]
             else:
                 raise ArenaEvalError(
-                    f"entry has no payload field (fields: {sorted(text(k) for k in p.fields)})"
+                    f"entry has no payload field (fields: {sorted(as_text(k) for k in p.fields)})"
                 )
             request = InferRequest.from_message(codec.loads(payload))
             if p.rid and request.rid != p.rid:
@@ -371,8 +371,8 @@ class PolicyWorker:
             p = Pending(stream, entry_id, fields or {}, now)
             deliveries = counts.get(entry_id, 1)
             if deliveries > self.max_deliveries:
-                p.rid = text(p.fields.get(F_RID))
-                reply = text(p.fields.get(F_REPLY))
+                p.rid = as_text(p.fields.get(F_RID))
+                reply = as_text(p.fields.get(F_REPLY))
                 p.reply = reply if self.keys.is_reply_stream(reply) else ""
                 p.error = (
                     f"request delivered {deliveries} times without an answer "

@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import codec, shm
+from arena_eval.broker import codec, shm, shm_trust
 from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.keys import Keys
@@ -114,7 +114,7 @@ class PolicyClient:
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reply_key = self.keys.reply_stream(self.client_id)
         self._request_stream = self.keys.pool_requests(pool)
-        self._host_id = shm.host_id()
+        self._host_id = shm_trust.host_id()
         self._host_stream = self.keys.pool_host_requests(pool, self._host_id)
         self._last_reply_id: bytes = b"0-0"
         self._conn = DedicatedConnection(self._r)
@@ -142,7 +142,7 @@ class PolicyClient:
         self._route_checked = time.monotonic()
 
     def _use_shm(self, nbytes: int) -> bool:
-        if self.transport == "redis" or not shm.available():
+        if self.transport == "redis" or not shm_trust.available():
             return False
         if self.transport == "shm":
             return True

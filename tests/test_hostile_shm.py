@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import redis
 
-from arena_eval.broker import codec, shm
+from arena_eval.broker import codec, shm, shm_trust
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
@@ -34,7 +34,7 @@ as_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="planting a file owned by another user needs root (CI runs as root)"
 )
 pytestmark = [
-    pytest.mark.skipif(not shm.available(), reason="no usable shm directory on this machine"),
+    pytest.mark.skipif(not shm_trust.available(), reason="no usable shm directory on this machine"),
     pytest.mark.timeout(60),
 ]
 
@@ -63,11 +63,11 @@ def planted(tmp_path: Path) -> Iterator[dict[str, Path]]:
     outside_file = tmp_path / "target"
     outside_file.write_bytes(slot_bytes(1, PAYLOAD))
     things: dict[str, Path] = {
-        "fifo": shm.SHM_DIR / slot_like_name("fifo"),
-        "plain-fifo": shm.SHM_DIR / f"arena-eval-slot-x{secrets.token_hex(4)}",
-        "symlink-to-fifo": shm.SHM_DIR / slot_like_name("lnfifo"),
-        "symlink-to-file": shm.SHM_DIR / slot_like_name("lnfile"),
-        "group-writable": shm.SHM_DIR / slot_like_name("gw"),
+        "fifo": shm_trust.SHM_DIR / slot_like_name("fifo"),
+        "plain-fifo": shm_trust.SHM_DIR / f"arena-eval-slot-x{secrets.token_hex(4)}",
+        "symlink-to-fifo": shm_trust.SHM_DIR / slot_like_name("lnfifo"),
+        "symlink-to-file": shm_trust.SHM_DIR / slot_like_name("lnfile"),
+        "group-writable": shm_trust.SHM_DIR / slot_like_name("gw"),
     }
     os.mkfifo(things["fifo"], 0o666)
     os.mkfifo(things["plain-fifo"], 0o666)
@@ -76,7 +76,7 @@ def planted(tmp_path: Path) -> Iterator[dict[str, Path]]:
     things["group-writable"].write_bytes(slot_bytes(1, PAYLOAD))
     os.chmod(things["group-writable"], 0o664)
     if os.geteuid() == 0:
-        things["other-user"] = shm.SHM_DIR / slot_like_name("nobody")
+        things["other-user"] = shm_trust.SHM_DIR / slot_like_name("nobody")
         things["other-user"].write_bytes(slot_bytes(1, PAYLOAD))
         for name in ("fifo", "plain-fifo", "other-user"):
             os.chown(things[name], NOBODY, NOBODY)
@@ -95,9 +95,9 @@ def test_sweep_skips_planted_files_and_still_removes_orphans(planted: dict[str, 
     orphan = subprocess.run(  # exits without closing: its slot is an orphan
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30
     ).stdout.strip()
-    assert (shm.SHM_DIR / orphan).exists()
+    assert (shm_trust.SHM_DIR / orphan).exists()
     shm.sweep_orphans()  # hung on the FIFOs before
-    assert not (shm.SHM_DIR / orphan).exists()
+    assert not (shm_trust.SHM_DIR / orphan).exists()
     for what, path in planted.items():
         assert os.path.lexists(path), f"the sweep deleted the planted {what}"
 
@@ -155,7 +155,7 @@ def test_writer_creates_private_files_and_never_follows_a_planted_name(
     victim.write_text("keep me")
     token = "ab" * 8
     stem = f"arena-eval-slot-{os.getpid()}-planted-0"
-    traps = [shm.SHM_DIR / stem, shm.SHM_DIR / f"{stem}-{token}"]  # old and new name shapes
+    traps = [shm_trust.SHM_DIR / n for n in (stem, f"{stem}-{token}")]  # old and new name shapes
     for trap in traps:
         trap.symlink_to(victim)
     tokens = iter([token])
@@ -180,16 +180,16 @@ def test_host_id_survives_planted_files(tmp_path: Path, monkeypatch: pytest.Monk
     shm_dir = tmp_path / "shm"
     shm_dir.mkdir()
     shm_dir.chmod(0o1777)  # like /dev/shm
-    monkeypatch.setattr(shm, "SHM_DIR", shm_dir)
-    monkeypatch.setattr(shm, "_host_id", None)
+    monkeypatch.setattr(shm_trust, "SHM_DIR", shm_dir)
+    monkeypatch.setattr(shm_trust, "_host_id", None)
     for name in ("arena-eval.host-id", f"arena-eval-{os.geteuid()}.host-id"):
         os.mkfifo(shm_dir / name, 0o666)
         if os.geteuid() == 0:
             os.chown(shm_dir / name, NOBODY, NOBODY)
-    first = shm.host_id()  # hung on the FIFO before
+    first = shm_trust.host_id()  # hung on the FIFO before
     assert len(first) == 16 and not first.startswith("no-shm")
-    monkeypatch.setattr(shm, "_host_id", None)
-    assert shm.host_id() == first  # every process of this user finds the same id
+    monkeypatch.setattr(shm_trust, "_host_id", None)
+    assert shm_trust.host_id() == first  # every process of this user finds the same id
 
 
 @pytest.mark.slow

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from arena_eval.broker import codec, shm
+from arena_eval.broker import codec, shm, shm_trust
 from tests.worker_procs import REPO
 
-pytestmark = pytest.mark.skipif(not shm.available(), reason="no /dev/shm on this machine")
+pytestmark = pytest.mark.skipif(not shm_trust.available(), reason="no /dev/shm on this machine")
 
 
 def test_write_read_and_stale_ticket() -> None:
@@ -47,14 +47,14 @@ def test_sweep_removes_slots_of_dead_writers_only() -> None:
     try:
         assert proc.stdout is not None
         doomed = proc.stdout.readline().strip()
-        assert (shm.SHM_DIR / doomed).exists()
+        assert (shm_trust.SHM_DIR / doomed).exists()
         shm.sweep_orphans()
-        assert (shm.SHM_DIR / doomed).exists()  # its writer is alive: kept
+        assert (shm_trust.SHM_DIR / doomed).exists()  # its writer is alive: kept
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(5)
         time.sleep(0.1)
         assert shm.sweep_orphans() >= 1
-        assert not (shm.SHM_DIR / doomed).exists()
+        assert not (shm_trust.SHM_DIR / doomed).exists()
         assert live.path.exists()
     finally:
         if proc.poll() is None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from arena_eval.broker import codec, shm
+from arena_eval.broker import codec, shm, shm_trust
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.protocol import F_REPLY, F_RID, F_SHM
 from arena_eval.broker.settings import RedisSettings
@@ -23,7 +23,7 @@ from tests.policies_for_tests import DIM
 from tests.test_policy_pool import POOL, ThreadWorker
 from tests.worker_procs import wait_until
 
-pytestmark = pytest.mark.skipif(not shm.available(), reason="no usable shm directory")
+pytestmark = pytest.mark.skipif(not shm_trust.available(), reason="no usable shm directory")
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_ticket_for_another_clients_slot_is_dead_lettered(
     settings: RedisSettings, worker: PolicyWorker, r: redis.Redis
 ) -> None:
     keys = Keys(settings.prefix)
-    host_stream = keys.pool_host_requests(POOL, shm.host_id())
+    host_stream = keys.pool_host_requests(POOL, shm_trust.host_id())
     writer = shm.SlotWriter("victim-client", 0)
     try:
         stolen = _ticket_request(writer, "r-stolen")
