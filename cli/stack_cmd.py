@@ -8,9 +8,7 @@ cancels its own job, so no worker keeps running it.
 
 from __future__ import annotations
 
-import signal
 import time
-from types import FrameType
 
 import redis
 import typer
@@ -20,6 +18,7 @@ from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
+from arena_eval.broker.signals import interrupt_on_signals
 from arena_eval.broker.status import results_report
 from arena_eval.cli.common import (
     JSON_OPTION,
@@ -34,30 +33,6 @@ from arena_eval.stack import LocalStack
 
 DEMO_TASK = "door-open-v3"
 DEMO_POOL = "demo-door"
-
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-
-
-def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def _stop_on_signals() -> dict[int, object]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, like Ctrl-C; returns the old handlers.
-
-    A SIGHUP that is already ignored (``nohup arena-eval up``) stays ignored.
-    """
-    return {
-        s: signal.signal(s, _raise_interrupt)
-        for s in _STOP_SIGNALS
-        if signal.getsignal(s) is not signal.SIG_IGN
-    }
-
-
-def _restore(previous: dict[int, object]) -> None:
-    for s, handler in previous.items():
-        signal.signal(s, handler)  # type: ignore[arg-type]
 
 
 def up_cmd(
@@ -85,25 +60,24 @@ def up_cmd(
         settings, pool=pool, policy=policy, policy_args=policy_arg,
         policy_workers=policy_workers, sim_workers=sim_workers, num_envs=num_envs,
     )  # fmt: skip
-    previous = _stop_on_signals()
-    try:
-        with console.status("starting workers...", spinner="dots"):
-            stack.start()
-            stack.wait_ready()
-        names = ", ".join(c.name for c in stack.children)
-        console.print(
-            f"up on {esc(settings.with_url(stack.url).masked_url())}: {esc(names)}. "
-            "Submit jobs with `arena-eval submit`; Ctrl-C stops everything.",
-            highlight=False,
-        )
-        while True:
-            stack.supervise_once(lambda msg: console.print(msg, highlight=False, markup=False))
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        console.print("stopping...")
-    finally:
-        stack.stop()
-        _restore(previous)
+    with interrupt_on_signals("stopping the stack in order"):
+        try:
+            with console.status("starting workers...", spinner="dots"):
+                stack.start()
+                stack.wait_ready()
+            names = ", ".join(c.name for c in stack.children)
+            console.print(
+                f"up on {esc(settings.with_url(stack.url).masked_url())}: {esc(names)}. "
+                "Submit jobs with `arena-eval submit`; Ctrl-C stops everything.",
+                highlight=False,
+            )
+            while True:
+                stack.supervise_once(lambda msg: console.print(msg, highlight=False, markup=False))
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            console.print("stopping...")
+        finally:
+            stack.stop()
 
 
 def _cancel_demo_job(r: redis.Redis, keys: Keys, job_id: str) -> None:
@@ -135,42 +109,42 @@ def demo_cmd(
         settings, pool=DEMO_POOL, policy="metaworld-expert", policy_args=[f"task={DEMO_TASK}"],
         sim_workers=sim_workers, num_envs=num_envs,
     )  # fmt: skip
-    previous = _stop_on_signals()
     r: redis.Redis | None = None
     job_id: str | None = None
-    try:
-        with console.status(
-            f"starting Redis, a policy pool and {sim_workers} sim workers...", spinner="dots"
-        ):
-            stack.start()
-            stack.wait_ready()
-        r = connect(settings.with_url(stack.url))
-        keys = Keys(settings.prefix)
-        spec = JobSpec(
-            task=f"metaworld/{DEMO_TASK}", pool=DEMO_POOL, episodes=episodes,
-            num_envs=num_envs, seed=seed,
-        )  # fmt: skip
-        job_id = jobs.submit(r, keys, spec)
-        if not json_out:
-            console.print(
-                f"job [bold]{esc(job_id)}[/]: {episodes} episodes of metaworld/{DEMO_TASK} over "
-                f"{sim_workers} sim workers, policy pool '{DEMO_POOL}' (scripted expert)",
-                highlight=False,
-            )
-        final = wait_with_progress(r, keys, job_id, quiet=json_out)
-        report = results_report(r, keys, job_id)
-        if json_out:
-            print_json(report)
-        else:
-            print_results(report)
-        r.close()
-    except KeyboardInterrupt:
-        console.print("interrupted: stopping the demo", highlight=False)
-        if r is not None and job_id is not None:
-            _cancel_demo_job(r, Keys(settings.prefix), job_id)
-        raise typer.Exit(130) from None
-    finally:
-        stack.stop()
-        _restore(previous)
+    with interrupt_on_signals("stopping the stack in order"):
+        try:
+            with console.status(
+                f"starting Redis, a policy pool and {sim_workers} sim workers...", spinner="dots"
+            ):
+                stack.start()
+                stack.wait_ready()
+            r = connect(settings.with_url(stack.url))
+            keys = Keys(settings.prefix)
+            spec = JobSpec(
+                task=f"metaworld/{DEMO_TASK}", pool=DEMO_POOL, episodes=episodes,
+                num_envs=num_envs, seed=seed,
+            )  # fmt: skip
+            job_id = jobs.submit(r, keys, spec)
+            if not json_out:
+                console.print(
+                    f"job [bold]{esc(job_id)}[/]: {episodes} episodes of "
+                    f"metaworld/{DEMO_TASK} over {sim_workers} sim workers, "
+                    f"policy pool '{DEMO_POOL}' (scripted expert)",
+                    highlight=False,
+                )
+            final = wait_with_progress(r, keys, job_id, quiet=json_out)
+            report = results_report(r, keys, job_id)
+            if json_out:
+                print_json(report)
+            else:
+                print_results(report)
+            r.close()
+        except KeyboardInterrupt:
+            console.print("interrupted: stopping the demo", highlight=False)
+            if r is not None and job_id is not None:
+                _cancel_demo_job(r, Keys(settings.prefix), job_id)
+            raise typer.Exit(130) from None
+        finally:
+            stack.stop()
     if final["state"] != JobState.COMPLETED.value:
         raise typer.Exit(1)

@@ -1,8 +1,11 @@
-"""A worker whose terminal closes (SIGHUP) stops gracefully, as on SIGTERM."""
+"""A worker whose terminal closes (SIGHUP) stops gracefully, as on SIGTERM; the local stack
+stops on the same signals as on Ctrl-C."""
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,7 @@ import redis
 from arena_eval.broker.fleet import live_sim_workers
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
+from arena_eval.broker.signals import interrupt_on_signals
 from tests.worker_procs import procs, wait_until
 
 pytest.importorskip("gymnasium")
@@ -26,3 +30,19 @@ def test_sim_worker_stops_gracefully_on_hang_up(
         sim.send_signal(signal.SIGHUP)
         assert sim.wait(60) == 0, running.log_of(sim)
         assert live_sim_workers(r, keys) == []  # it deregistered on its way out
+
+
+def test_the_stack_stops_on_signals_like_ctrl_c_and_nohup_is_kept() -> None:
+    """``up``/``demo``: SIGTERM raises KeyboardInterrupt; a SIGHUP ignored by nohup stays so."""
+    term_before = signal.getsignal(signal.SIGTERM)
+    hup_before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with interrupt_on_signals("stopping the stack"):
+            os.kill(os.getpid(), signal.SIGHUP)  # no interrupt
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(30)
+        assert signal.getsignal(signal.SIGTERM) is term_before
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, hup_before)

@@ -2,8 +2,10 @@
 
 The embedded server daemonizes (it must outlive ``arena-eval redis start``), so
 it cannot die with its parent the way the stack's workers do. ``LocalStack``
-therefore starts this guard as one more child, with ``PR_SET_PDEATHSIG``: a
-supervisor killed with -9 leaves the guard a SIGTERM. The guard then gives the
+therefore starts this guard as one more child, which sets ``PR_SET_PDEATHSIG``
+like the workers (``parent_death.py``): a supervisor killed with -9 leaves the
+guard a SIGTERM, and so does a supervisor already gone when the guard starts,
+since the handler is in place before the guard checks. The guard then gives the
 workers (which got the same SIGTERM) time to hand back their units and
 deregister, and stops the server. On a normal stop the stack kills the guard
 first and stops the server itself, in order.
@@ -18,6 +20,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from arena_eval.parent_death import die_with_parent_if_asked
 
 #: How long the workers get to stop gracefully before the server goes anyway.
 WORKERS_GRACE_S = 20.0
@@ -65,6 +69,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda _s, _f: asked.set())
     for ignored in (signal.SIGINT, signal.SIGHUP):  # only the stack's death concerns us
         signal.signal(ignored, signal.SIG_IGN)
+    die_with_parent_if_asked()
     while not asked.wait(1.0):
         pass
     stop_after_workers(home, prefix, pool)

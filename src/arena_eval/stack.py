@@ -6,8 +6,11 @@ Redis; the stack just starts them, restarts any that crash, and stops them
 all (and the embedded Redis, if it started it) on exit.
 
 Children must not outlive their supervisor, even one killed with -9 (which
-runs no cleanup): each child asks the kernel for SIGTERM when its parent dies
-(``PR_SET_PDEATHSIG`` on Linux), and SIGTERM is a worker's graceful stop.
+runs no cleanup): each child, told the supervisor's pid in its environment,
+asks the kernel at start-up for SIGTERM when its parent dies
+(``PR_SET_PDEATHSIG`` on Linux, see ``parent_death.py``), and SIGTERM is a
+worker's graceful stop. Children are started from the main thread, the one
+whose exit the kernel watches.
 They run in their own session so that a terminal's Ctrl-C or hang-up reaches
 only the supervisor, which then stops them in order. The embedded Redis
 daemonizes, so a small guard child (``redis_guard.py``) stops it in that case.
@@ -16,8 +19,6 @@ daemonizes, so a small guard child (``redis_guard.py``) stops it in that case.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -32,23 +33,9 @@ from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
+from arena_eval.parent_death import env_for_child
 
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when ``parent_pid`` dies (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 class StackError(ArenaEvalError):
@@ -132,7 +119,7 @@ class LocalStack:
         self._launch(child)
 
     def _launch(self, child: Child) -> None:
-        env = dict(os.environ)
+        env = env_for_child(os.environ)
         env["ARENA_REDIS_URL"] = self.url
         env["ARENA_PREFIX"] = self.settings.prefix
         env["PYTHONUNBUFFERED"] = "1"
@@ -143,7 +130,6 @@ class LocalStack:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C goes to us; we stop children in order
-                preexec_fn=_die_with_parent(os.getpid()),
             )
 
     def _start_guard(self, home: Path, log: Path) -> None:
@@ -152,10 +138,10 @@ class LocalStack:
         with open(log, "ab") as out:
             self.guard = subprocess.Popen(
                 [sys.executable, *args],
+                env=env_for_child(os.environ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent(os.getpid()),
             )
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
