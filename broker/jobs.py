@@ -284,9 +284,11 @@ def mark_waiting(r: redis.Redis, keys: Keys, job_id: str, reason: str) -> bool:
 
 
 def mark_running(r: redis.Redis, keys: Keys, job_id: str) -> bool:
+    """Running, with no reason: also clears a running job's stale "no live worker" hint
+    once its pool serves again (a no-op when nothing changes)."""
     return transition(
         r, keys, job_id, JobState.RUNNING,
-        only_from=(JobState.QUEUED, JobState.WAITING_FOR_POOL),
+        only_from=(JobState.QUEUED, JobState.WAITING_FOR_POOL, JobState.RUNNING),
     )  # fmt: skip
 
 

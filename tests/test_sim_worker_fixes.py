@@ -124,7 +124,8 @@ def test_a_pool_that_lost_its_workers_is_not_called_live(
     for t in threads:
         t.start()
     try:
-        spec = JobSpec(task="CartPole-v1", pool="fading", episodes=400, num_envs=1, shard_size=400)
+        n = 20_000  # far more than this test lets run: the job is still running at its end
+        spec = JobSpec(task="CartPole-v1", pool="fading", episodes=n, num_envs=1, shard_size=n)
         job_id = jobs.submit(r, keys, spec)
         wait_until(lambda: _episodes(r, keys, job_id) >= 3, 30, "some episodes")
         policy.stop()  # its last worker leaves mid-job
@@ -139,6 +140,14 @@ def test_a_pool_that_lost_its_workers_is_not_called_live(
         job = jobs.get_job(r, keys, job_id)
         assert "live worker" not in job.reason.replace("no live policy worker", "")
         assert not job.state.terminal  # waiting, not failed as a hung pool
+        # a worker comes back: the job runs on, and its stale hint is gone
+        policy = PolicyWorker("fading", ZeroPolicy(action_shape="1x1"), settings)
+        threads.append(threading.Thread(target=policy.run, daemon=True))
+        threads[-1].start()
+        before = _episodes(r, keys, job_id)
+        wait_until(lambda: _episodes(r, keys, job_id) >= before + 3, 60, "more episodes")
+        wait_until(lambda: jobs.get_job(r, keys, job_id).reason == "", 30, "the hint to clear")
+        assert jobs.get_job(r, keys, job_id).state is JobState.RUNNING
     finally:
         sim.stop()
         policy.stop()
