@@ -152,13 +152,6 @@ class Job:
     def total(self) -> int:
         return self.spec.episodes
 
-    def elapsed_s(self, now: float | None = None) -> float | None:
-        """Running time: from first start to finish (or now)."""
-        if self.started is None:
-            return None
-        end = self.finished if self.finished is not None else (now or time.time())
-        return max(0.0, end - self.started)
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "job_id": self.job_id,

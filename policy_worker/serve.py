@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import redis
 
@@ -104,7 +105,11 @@ def serve(
 ) -> WorkerStats:
     """Join the pool, call ``on_serving``, serve until SIGTERM/SIGINT (or an empty queue)."""
     with stop_on_signals(worker.stop, "finishing the batch in flight"):
-        join(worker)
+        try:
+            join(worker)
+        except BaseException:
+            worker.close()  # refused or unreachable: free the model, not only at process exit
+            raise
         if on_serving is not None:
             on_serving(worker)
         return worker.run(burst=burst)
@@ -118,25 +123,12 @@ def serve_pool(
     *,
     burst: bool = False,
     on_serving: Callable[[PolicyWorker], None] | None = None,
-    device: str | None = None,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    claim_idle_ms: int = 5000,
-    max_deliveries: int = 3,
-    worker_id: str | None = None,
+    **worker_options: Any,
 ) -> WorkerStats:
-    """Everything ``policy serve`` does: check Redis, build the worker, join, serve."""
+    """Everything ``policy serve`` does: check Redis, build the worker, join, serve.
+
+    ``worker_options`` are ``build_worker``'s keyword arguments, whose defaults live there.
+    """
     check_reachable(settings)
-    worker = build_worker(
-        pool,
-        policy,
-        policy_args,
-        settings,
-        device=device,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        claim_idle_ms=claim_idle_ms,
-        max_deliveries=max_deliveries,
-        worker_id=worker_id,
-    )
+    worker = build_worker(pool, policy, policy_args, settings, **worker_options)
     return serve(worker, burst=burst, on_serving=on_serving)

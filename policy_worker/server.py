@@ -201,9 +201,13 @@ class PolicyWorker:
                 with contextlib.suppress(Exception):
                     self._handle(batch)
             self.deregister()
-            self._conn.drop()
-            self.policy.close()
+            self.close()
         return self.stats
+
+    def close(self) -> None:
+        """Release the connection and the policy (its model memory); ``run`` ends with this."""
+        self._conn.drop()
+        self.policy.close()
 
     def serve_once(self) -> int:
         """Read and answer at most one batch; return the number of requests handled."""

@@ -124,3 +124,43 @@ def cli_as(url: str, *args: str) -> CompletedProcess[str]:
         [sys.executable, "-m", "arena_eval.cli", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
+
+
+def run_job_as_roles(server: AclServer) -> str:
+    """A policy worker as ``policy``, a sim worker as ``sim``, a job submitted as ``admin``:
+    the job must complete. Returns its id."""
+    import threading
+
+    from arena_eval.broker import jobs
+    from arena_eval.broker.connection import connect
+    from arena_eval.broker.jobs import JobSpec, JobState
+    from arena_eval.broker.keys import Keys
+    from arena_eval.broker.settings import RedisSettings
+    from arena_eval.policy_worker.builtins.simple import ZeroPolicy
+    from arena_eval.policy_worker.server import PolicyWorker
+    from arena_eval.sim_worker.service import SimWorker
+    from tests.worker_procs import wait_until
+
+    def as_user(user: str) -> RedisSettings:
+        return RedisSettings(url=server.url(user), retry_budget_s=2.0)
+
+    policy = PolicyWorker("acl-pool", ZeroPolicy(action_shape="1x1"), as_user("policy"))
+    sim = SimWorker(as_user("sim"), num_envs=2, block_ms=200)
+    threads = [threading.Thread(target=w.run, daemon=True) for w in (policy, sim)]
+    for t in threads:
+        t.start()
+    admin_r = connect(as_user("admin"))
+    keys = Keys()
+    try:
+        job_id = jobs.submit(
+            admin_r, keys, JobSpec(task="CartPole-v1", pool="acl-pool", episodes=3)
+        )
+        wait_until(lambda: jobs.get_job(admin_r, keys, job_id).state.terminal, 60, "the job")
+        job = jobs.get_job(admin_r, keys, job_id)
+        assert job.state is JobState.COMPLETED, job.reason
+    finally:
+        sim.stop()
+        policy.stop()
+        for t in threads:
+            t.join(10)
+    return job_id

@@ -7,23 +7,15 @@ the tighter Redis 7 file.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from arena_eval.broker import jobs
-from arena_eval.broker.connection import connect
-from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
-from arena_eval.broker.settings import RedisSettings
-from arena_eval.policy_worker.builtins.simple import ZeroPolicy
-from arena_eval.policy_worker.server import PolicyWorker
-from tests.acl_server import ACL_FILE, AclServer, cli_as
+from tests.acl_server import ACL_FILE, AclServer, cli_as, run_job_as_roles
 from tests.redis_servers import redis_server_binary
-from tests.worker_procs import wait_until
 
 pytest.importorskip("gymnasium")
 
@@ -41,32 +33,10 @@ def acl62(tmp_path: Path) -> Iterator[AclServer]:
 
 
 def test_worker_roles_run_a_job_and_are_denied_the_rest(acl62: AclServer) -> None:
-    from arena_eval.sim_worker.service import SimWorker
-
-    def as_user(user: str) -> RedisSettings:
-        return RedisSettings(url=acl62.url(user), retry_budget_s=2.0)
-
-    policy = PolicyWorker("acl-pool", ZeroPolicy(action_shape="1x1"), as_user("policy"))
-    sim = SimWorker(as_user("sim"), num_envs=2, block_ms=200)
-    threads = [threading.Thread(target=w.run, daemon=True) for w in (policy, sim)]
-    for t in threads:
-        t.start()
-    admin_r = connect(as_user("admin"))
+    job_id = run_job_as_roles(acl62)
     keys = Keys()
-    try:
-        job_id = jobs.submit(
-            admin_r, keys, JobSpec(task="CartPole-v1", pool="acl-pool", episodes=3)
-        )
-        wait_until(lambda: jobs.get_job(admin_r, keys, job_id).state.terminal, 60, "the job")
-        job = jobs.get_job(admin_r, keys, job_id)
-        assert job.state is JobState.COMPLETED, job.reason
-    finally:
-        sim.stop()
-        policy.stop()
-        for t in threads:
-            t.join(10)
-    policy_r = redis.Redis.from_url(as_user("policy").url or "")
-    sim_r = redis.Redis.from_url(as_user("sim").url or "")
+    policy_r = redis.Redis.from_url(acl62.url("policy"))
+    sim_r = redis.Redis.from_url(acl62.url("sim"))
     denied = [
         lambda: policy_r.hgetall(keys.job_results(job_id)),  # policy nodes never see results
         lambda: policy_r.xadd(keys.units(), {"job": "x"}),

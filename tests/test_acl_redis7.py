@@ -9,7 +9,6 @@ hand-written sim client is refused everything a policy worker does.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,15 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from arena_eval.broker import jobs
-from arena_eval.broker.connection import connect
-from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import POLICY_GROUP, SIM_GROUP, Keys
-from arena_eval.broker.settings import RedisSettings
-from arena_eval.policy_worker.builtins.simple import ZeroPolicy
-from arena_eval.policy_worker.server import PolicyWorker
-from tests.acl_server import ACL_FILE_REDIS7, AclServer, cli_as, redis7_binary
-from tests.worker_procs import wait_until
+from tests.acl_server import ACL_FILE_REDIS7, AclServer, cli_as, redis7_binary, run_job_as_roles
 
 pytest.importorskip("gymnasium")
 
@@ -45,30 +37,7 @@ def redis7(tmp_path: Path) -> Iterator[AclServer]:
 
 
 def test_redis7_roles_run_a_job(redis7: AclServer) -> None:
-    from arena_eval.sim_worker.service import SimWorker
-
-    def as_user(user: str) -> RedisSettings:
-        return RedisSettings(url=redis7.url(user), retry_budget_s=2.0)
-
-    policy = PolicyWorker("acl-pool", ZeroPolicy(action_shape="1x1"), as_user("policy"))
-    sim = SimWorker(as_user("sim"), num_envs=2, block_ms=200)
-    threads = [threading.Thread(target=w.run, daemon=True) for w in (policy, sim)]
-    for t in threads:
-        t.start()
-    admin_r = connect(as_user("admin"))
-    keys = Keys()
-    try:
-        job_id = jobs.submit(
-            admin_r, keys, JobSpec(task="CartPole-v1", pool="acl-pool", episodes=3)
-        )
-        wait_until(lambda: jobs.get_job(admin_r, keys, job_id).state.terminal, 60, "the job")
-        job = jobs.get_job(admin_r, keys, job_id)
-        assert job.state is JobState.COMPLETED, job.reason
-    finally:
-        sim.stop()
-        policy.stop()
-        for t in threads:
-            t.join(10)
+    run_job_as_roles(redis7)
 
 
 def _a_pool_with_a_pending_request(admin: redis.Redis, keys: Keys) -> bytes:

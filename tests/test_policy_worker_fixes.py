@@ -201,6 +201,26 @@ def test_serve_refused_by_the_pool_is_one_line(
     assert f"cannot join pool {POOL!r}" in line and "action_shape" in line
 
 
+class ClosingEcho(RecordingEcho):
+    """RecordingEcho that counts ``close`` calls (a GPU policy frees its model there)."""
+
+    closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_refused_worker_releases_its_policy(
+    settings: RedisSettings, echo_worker: PolicyWorker
+) -> None:
+    from arena_eval.policy_worker.serve import serve
+
+    policy = ClosingEcho()  # another class: another identity, so the pool refuses it
+    with pytest.raises(SpecMismatch, match=f"cannot join pool {POOL!r}"):
+        serve(PolicyWorker(POOL, policy, settings))
+    assert policy.closed == 1
+
+
 # -- defect 11: a pool's workers run the same policy; jobs for other tasks fail -----------
 def test_worker_with_other_policy_arguments_is_refused(
     settings: RedisSettings, r: redis.Redis
