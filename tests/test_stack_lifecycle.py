@@ -72,7 +72,7 @@ def test_workers_die_with_a_supervisor_killed_with_9(
         children = _workers_of(up, r, keys, 2)
         up.kill()
         up.wait(30)
-        wait_until(lambda: _none_alive(children), 60, "the orphaned workers to exit")
+        wait_until(lambda: _none_alive(children), 60, f"the orphaned workers to exit: {children}")
     finally:
         up.kill()
         _kill_leftovers(children)
@@ -102,7 +102,7 @@ def test_embedded_redis_stops_after_a_supervisor_killed_with_9(
         children = psutil.Process(up.pid).children(recursive=True)
         up.kill()
         up.wait(30)
-        wait_until(lambda: _none_alive(children), 60, "the orphaned children to exit")
+        wait_until(lambda: _none_alive(children), 60, f"the orphaned children to exit: {children}")
         wait_until(lambda: _none_alive(redis_proc), 60, "the embedded Redis to stop")
     finally:
         up.kill()

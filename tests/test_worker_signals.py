@@ -46,3 +46,36 @@ def test_the_stack_stops_on_signals_like_ctrl_c_and_nohup_is_kept() -> None:
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGHUP, hup_before)
+
+
+_STOP_TAKES_A_LOCK_THE_MAIN_THREAD_HOLDS = """
+import os, signal, threading, time
+from arena_eval.broker.signals import stop_on_signals
+
+lock = threading.Lock()  # like the Condition lock inside threading.Event.set
+stopped = threading.Event()
+
+def stop():
+    with lock:
+        stopped.set()
+
+with stop_on_signals(stop, "testing"):
+    with lock:  # the signal lands while the main thread holds the lock stop() needs
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+    assert stopped.wait(10), "stop() never ran"
+print("stopped")
+"""
+
+
+def test_a_stop_that_takes_a_lock_never_deadlocks_the_signal_handler() -> None:
+    """A handler runs between two bytecodes of the main thread; a ``stop`` called there that
+    waits for a lock the main thread holds would wait for ever. ``stop`` runs elsewhere."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _STOP_TAKES_A_LOCK_THE_MAIN_THREAD_HOLDS],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "stopped", out.stderr
