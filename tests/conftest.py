@@ -9,7 +9,6 @@ so tests never see each other's data and can run against a shared server.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,6 @@ from arena_eval.broker.connection import connect
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from tests.redis_servers import TestServer, external_url
-
-os.environ.setdefault("MUJOCO_GL", "osmesa")
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,6 @@ def child_env(settings: RedisSettings, **extra: str) -> dict[str, str]:
     env["ARENA_PREFIX"] = settings.prefix
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
-    env.setdefault("MUJOCO_GL", "osmesa")
     env.update(extra)
     return env
 
