@@ -10,7 +10,6 @@ that without the [sim] or [policy] extra it is skipped, and the rest of the modu
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +31,7 @@ from arena_eval.sim_worker.envs import (
     make_env,
 )
 from arena_eval.sim_worker.envs.errors import require
+from tests.gl_probe import gl_problem
 
 pytestmark = pytest.mark.filterwarnings("ignore:Constant\\(s\\) may be too high")
 
@@ -278,26 +278,8 @@ def test_metaworld_async_matches_sync(fresh_door_episodes: dict[int, Episode]) -
 
 
 @pytest.mark.usefixtures("needs_metaworld")
-def _gl_problem() -> str | None:
-    """Why no camera can render here (no GL library), or None. Leaves MUJOCO_GL as it was."""
-    from arena_eval.sim_worker.envs import gl
-    from arena_eval.sim_worker.envs.errors import GLUnavailable
-
-    saved = os.environ.get("MUJOCO_GL")
-    try:
-        gl.prepare("probe")
-        return None
-    except GLUnavailable as exc:
-        return str(exc)
-    finally:
-        if saved is None:
-            os.environ.pop("MUJOCO_GL", None)
-        else:
-            os.environ["MUJOCO_GL"] = saved
-
-
 def test_metaworld_camera() -> None:
-    problem = _gl_problem()
+    problem = gl_problem()
     if problem is not None:
         pytest.skip(problem)  # CI installs libosmesa6; a bare machine has no GL library
     with make_env(DOOR, 2, camera="corner", image_size=224) as env:
