@@ -109,3 +109,42 @@ def test_without_the_variable_nothing_changes() -> None:
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert child.stdout.split() == ["ready", "None", "0"], child.stderr
+
+
+def test_the_redis_guard_stops_the_server_through_a_burst_of_sigterms(tmp_path: Path) -> None:
+    """A supervisor with several threads that dies sends its child one SIGTERM per thread.
+
+    None of the later ones may kill the guard before it stopped the server, nor deadlock
+    it (an ``Event.set`` in a handler nested in another's waits for ever on its lock).
+    """
+    from arena_eval.broker.embedded import EmbeddedRedis
+
+    home = tmp_path / "home"
+    server = EmbeddedRedis(home)
+    server.start()
+    keeper = subprocess.Popen(["sleep", "300"])  # a live "stack", so the guard waits
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "arena_eval.redis_guard", str(home), "t:"],
+        cwd=REPO, env={**os.environ, PARENT_PID_ENV: str(keeper.pid)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: _handles_sigterm(guard.pid), 30, "the guard's SIGTERM handler")
+        for _ in range(200):
+            guard.send_signal(signal.SIGTERM)
+        output = guard.communicate(timeout=60)[0]
+        assert guard.returncode == 0, output
+        assert server.status() is None, "the guard exited but left the server running"
+    finally:
+        guard.kill()
+        keeper.kill()
+        keeper.wait()
+        server.stop()
+
+
+def _handles_sigterm(pid: int) -> bool:
+    """Whether ``pid`` catches SIGTERM (its SigCgt mask), i.e. its handler is in place."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False

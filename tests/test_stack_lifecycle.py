@@ -11,6 +11,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -102,12 +103,26 @@ def test_embedded_redis_stops_after_a_supervisor_killed_with_9(
         children = psutil.Process(up.pid).children(recursive=True)
         up.kill()
         up.wait(30)
-        wait_until(lambda: _none_alive(children), 60, f"the orphaned children to exit: {children}")
-        wait_until(lambda: _none_alive(redis_proc), 60, "the embedded Redis to stop")
+        with _logs_on_failure(home):
+            wait_until(lambda: _none_alive(children), 60, f"the children to exit: {children}")
+            wait_until(lambda: _none_alive(redis_proc), 60, "the embedded Redis to stop")
     finally:
         up.kill()
         _kill_leftovers(children)
         server.stop()
+
+
+@contextlib.contextmanager
+def _logs_on_failure(home: Path) -> Iterator[None]:
+    """A timeout names what each stack child last wrote (its log under ``home/logs``)."""
+    try:
+        yield
+    except AssertionError as exc:
+        tails = [
+            f"--- {log.name}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            for log in sorted((home / "logs").glob("*.log"))
+        ]
+        raise AssertionError("\n".join([str(exc), *tails])) from None
 
 
 def keys_of(settings: RedisSettings) -> Keys:

@@ -21,6 +21,7 @@ import threading
 import time
 from pathlib import Path
 
+from arena_eval.broker.signals import stop_on_signals
 from arena_eval.parent_death import die_with_parent_if_asked
 
 #: How long the workers get to stop gracefully before the server goes anyway.
@@ -66,13 +67,17 @@ def main(argv: list[str]) -> int:
     home, prefix = Path(argv[0]), argv[1]
     pool = argv[2] if len(argv) > 2 and argv[2] else None
     asked = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _s, _f: asked.set())
     for ignored in (signal.SIGINT, signal.SIGHUP):  # only the stack's death concerns us
         signal.signal(ignored, signal.SIG_IGN)
-    die_with_parent_if_asked()
-    while not asked.wait(1.0):
-        pass
-    stop_after_workers(home, prefix, pool)
+    # The handler stays in place to the end: a supervisor with several threads that dies
+    # sends one SIGTERM per thread (each exit reparents the guard to the next thread), and
+    # none of the later ones may cut the stop short. Not ``asked.set`` in the handler
+    # itself: nested in the previous handler, it would wait for ever on the lock that one
+    # holds (see broker/signals.py).
+    with stop_on_signals(asked.set, "stopping the embedded Redis after the workers"):
+        die_with_parent_if_asked()
+        asked.wait()
+        stop_after_workers(home, prefix, pool)
     return 0
 
 
