@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from arena_eval.bench.codec_throughput import rendered_scene
+from arena_eval.benchmarks.codec_throughput import rendered_scene
 from arena_eval.broker import CodecError
 from arena_eval.broker.arrays import ARRAY_EXT, AUTO_MIN_BYTES, LZ4, RAW, parse_descriptor
 from arena_eval.broker.codec import (

@@ -1,8 +1,8 @@
 """The built wheel: one top-level package, every source module in it, the entry points declared.
 
-The source tree maps its folders (``broker/``, ``cli/``, ...) onto ``arena_eval.*`` with
-``package-dir``, and lists the packages by hand, so a wheel that also installs a top-level
-``broker`` or ``cli``, or one that silently drops a new module, would still import from the
+Each top-level folder (``broker/``, ``cli/``, ...) is a root of the ``arena_eval`` namespace
+package, found by setuptools' ``packages.find``. A wheel that also installs a top-level
+``broker`` or ``cli``, or one that silently drops a module, would still import from the
 source tree: only building the wheel shows it. The build is offline (no build isolation: the
 [dev] extra brings setuptools and wheel) and works on a copy of the tree, so it neither writes
 ``build/`` into the checkout nor picks up stale files from one there.
@@ -24,6 +24,8 @@ import pytest
 from arena_eval.policy_worker.registry import BUILTIN_POLICIES, ENTRY_POINT_GROUP
 
 REPO = Path(__file__).resolve().parents[1]
+#: The top-level folders, each the root of ``arena_eval.<folder>``.
+NAMESPACE_ROOTS = ("broker", "sim_worker", "policy_worker", "cli", "benchmarks")
 
 
 @pytest.fixture(scope="module")
@@ -50,22 +52,26 @@ def test_wheel_installs_only_the_arena_eval_package(wheel: zipfile.ZipFile) -> N
     top = {name.split("/")[0] for name in names}
     (dist_info,) = (t for t in top if t.endswith(".dist-info"))
     assert top == {"arena_eval", dist_info}, sorted(top)
-    assert "arena_eval/py.typed" in names
+    assert "arena_eval/__init__.py" not in names  # a namespace package (PEP 420)
+    for root in NAMESPACE_ROOTS:
+        assert f"arena_eval/{root}/py.typed" in names
 
 
 def test_wheel_has_every_source_module(wheel: zipfile.ZipFile) -> None:
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    packages = set(setuptools["packages"])
     names = set(wheel.namelist())
-    for package, folder in setuptools["package-dir"].items():
-        assert package in packages, f"package-dir maps {package!r}, but packages omits it"
-        root = REPO / folder
-        for module in root.glob("*.py"):
-            assert f"{package.replace('.', '/')}/{module.name}" in names, module
-        for sub in root.iterdir():  # a new subpackage must be listed, or it is left out
-            if (sub / "__init__.py").is_file():
-                assert f"{package}.{sub.name}" in packages, f"{sub} is not in packages"
+    for root in NAMESPACE_ROOTS:
+        modules = sorted((REPO / root).rglob("*.py"))
+        assert modules, f"no modules under {root}/"
+        for module in modules:
+            assert module.relative_to(REPO / root).as_posix() in names, module
+
+
+def test_each_root_folder_holds_only_its_own_package() -> None:
+    """Folder ``X/`` is ``arena_eval.X``: anything else in it would be installed elsewhere."""
+    for root in NAMESPACE_ROOTS:
+        parts = {p.relative_to(REPO / root).parts[:2] for p in (REPO / root).rglob("*.py")}
+        assert parts == {("arena_eval", root)}, (root, sorted(parts))
+        assert not (REPO / root / "arena_eval" / "__init__.py").exists()
 
 
 def test_wheel_declares_entry_points(wheel: zipfile.ZipFile) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from arena_eval.parent_death import PARENT_PID_ENV
+from arena_eval.cli.parent_death import PARENT_PID_ENV
 from tests.worker_procs import REPO, wait_until
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux")
@@ -27,7 +27,7 @@ _PR_GET_PDEATHSIG = 2
 _CHILD = textwrap.dedent(
     f"""
     import ctypes, os, time
-    from arena_eval.parent_death import die_with_parent_if_asked
+    from arena_eval.cli.parent_death import die_with_parent_if_asked
     die_with_parent_if_asked()
     sig = ctypes.c_int()
     ctypes.CDLL(None).prctl({_PR_GET_PDEATHSIG}, ctypes.byref(sig), 0, 0, 0)
@@ -40,7 +40,7 @@ _CHILD = textwrap.dedent(
 _PARENT = textwrap.dedent(
     """
     import os, subprocess, sys, time
-    from arena_eval.parent_death import env_for_child
+    from arena_eval.cli.parent_death import env_for_child
     child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env_for_child(os.environ),
                              start_new_session=True)
     print(child.pid, flush=True)
@@ -95,7 +95,7 @@ def test_a_worker_whose_stack_is_already_gone_stops_at_start() -> None:
 def test_the_redis_guard_of_a_stack_already_gone_stops_at_once(tmp_path: Path) -> None:
     """It does what it does on the stack's death: stop the server (none here), and exit."""
     guard = subprocess.run(
-        [sys.executable, "-m", "arena_eval.redis_guard", str(tmp_path / "home"), "t:"],
+        [sys.executable, "-m", "arena_eval.cli.redis_guard", str(tmp_path / "home"), "t:"],
         cwd=REPO, env={**os.environ, PARENT_PID_ENV: str(_dead_pid())},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -124,7 +124,7 @@ def test_the_redis_guard_stops_the_server_through_a_burst_of_sigterms(tmp_path: 
     server.start()
     keeper = subprocess.Popen(["sleep", "300"])  # a live "stack", so the guard waits
     guard = subprocess.Popen(
-        [sys.executable, "-m", "arena_eval.redis_guard", str(home), "t:"],
+        [sys.executable, "-m", "arena_eval.cli.redis_guard", str(home), "t:"],
         cwd=REPO, env={**os.environ, PARENT_PID_ENV: str(keeper.pid)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -1,6 +1,6 @@
 """Per-request latency across an emulated 1 Gbit/s link: the fabric vs the seed's ZeroMQ.
 
-Why this exists: ``arena_eval.bench.latency`` runs everything on one host,
+Why this exists: ``arena_eval.benchmarks.latency`` runs everything on one host,
 where moving a byte costs a memcpy and the same-host shared-memory route wins.
 In a real cluster the sim nodes and the policy nodes are different machines,
 often joined by 1 GbE; there a 7.9 MB GR1 request spends ~63 ms on the wire
@@ -35,7 +35,7 @@ renders (gradients, flat regions, a little texture noise; the generator of
 ``codec_throughput.py``), which is what a sim actually sends and where the
 fabric's lz4 ``auto`` mode is meant to pay off.
 
-``sudo python -m arena_eval.bench.netlink [--payload gr1|...|all] [--requests N]
+``sudo python -m arena_eval.benchmarks.netlink [--payload gr1|...|all] [--requests N]
 [--rate 1gbit] [--json]``
 """
 
@@ -63,7 +63,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from arena_eval.bench.payloads import ACTION_SHAPE, make_payload, payload_bytes
+from arena_eval.benchmarks.payloads import ACTION_SHAPE, make_payload, payload_bytes
 
 #: Payloads in run order; ``*-rendered`` swap noise frames for render-like ones.
 NETLINK_PAYLOADS = ("proprio", "cam224", "cam224-rendered", "gr1", "gr1-rendered")
@@ -96,7 +96,7 @@ def build_payload(kind: str, seed: int = 0) -> dict[str, np.ndarray]:
     obs: dict[str, np.ndarray] = make_payload(base, seed)
     if not rendered:
         return obs
-    from arena_eval.bench.codec_throughput import rendered_scene
+    from arena_eval.benchmarks.codec_throughput import rendered_scene
 
     rng = np.random.default_rng(seed)
     for key, arr in obs.items():
@@ -204,7 +204,7 @@ def qdisc_stats(link: Link) -> dict[str, dict[str, int]]:
 
 def serve_zmq(host: str, port: int, encoding: str) -> None:
     """The seed's REQ/REP zero-policy server of ``zmq_baseline``, on the link's server end."""
-    from arena_eval.bench.zmq_baseline import serve
+    from arena_eval.benchmarks.zmq_baseline import serve
 
     serve(port, encoding, host=host)
 
@@ -309,7 +309,7 @@ class _ZmqClient:
     def __init__(self, host: str, port: int, encoding: str) -> None:
         import zmq
 
-        from arena_eval.bench.zmq_baseline import pack, unpack
+        from arena_eval.benchmarks.zmq_baseline import pack, unpack
 
         self._encoding = encoding
         self._pack: Callable[[Any, str], bytes] = pack
@@ -599,7 +599,7 @@ def run_netlink(
                 "ARENA_REDIS_PASSWORD": password,
                 "PYTHONUNBUFFERED": "1",
             }
-            me = [py, "-m", "arena_eval.bench.netlink"]
+            me = [py, "-m", "arena_eval.benchmarks.netlink"]
             procs.start(
                 "seed-zmq",
                 link.srv_ns,
@@ -719,7 +719,7 @@ def format_link(link: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m arena_eval.bench.netlink", description=(__doc__ or "").split("\n\n")[0]
+        prog="python -m arena_eval.benchmarks.netlink", description=(__doc__ or "").split("\n\n")[0]
     )
     parser.add_argument("--payload", default="all", choices=[*NETLINK_PAYLOADS, "all"])
     parser.add_argument(

@@ -1,6 +1,6 @@
 """``arena-eval up`` and ``arena-eval demo``: a whole fabric on one machine.
 
-Both hand off to ``arena_eval.stack.LocalStack``; ``demo`` then submits the
+Both hand off to ``arena_eval.cli.stack.LocalStack``; ``demo`` then submits the
 README's job, shows its progress and prints the results table. SIGTERM and
 SIGHUP (the terminal closed) stop the stack like Ctrl-C; a demo stopped early
 cancels its own job, so no worker keeps running it.
@@ -29,7 +29,7 @@ from arena_eval.cli.common import (
     settings_for,
 )
 from arena_eval.cli.job_run_cmd import print_results, wait_with_progress
-from arena_eval.stack import LocalStack
+from arena_eval.cli.stack import LocalStack
 
 DEMO_TASK = "door-open-v3"
 DEMO_POOL = "demo-door"

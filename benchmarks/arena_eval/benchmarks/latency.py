@@ -6,7 +6,7 @@ alike. The baseline is the seed's protocol (ZMQ REQ/REP, msgpack, arrays as
 np.save bytes); a stricter one with zero-copy raw arrays is reported too.
 The figures that matter are the ratios fabric_p50 / baseline_p50.
 
-``python -m arena_eval.bench.latency --payload gr1`` or
+``python -m arena_eval.benchmarks.latency --payload gr1`` or
 ``arena-eval bench latency --payload gr1 [--json]``.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from arena_eval.bench.payloads import ACTION_SHAPE, PAYLOADS, make_payload, payload_bytes
+from arena_eval.benchmarks.payloads import ACTION_SHAPE, PAYLOADS, make_payload, payload_bytes
 from arena_eval.broker.connection import connect, resolve_url
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.settings import RedisSettings
@@ -63,7 +63,7 @@ class _ZmqClient:
     def __init__(self, port: int, encoding: str, *, stop_on_close: bool = True) -> None:
         import zmq
 
-        from arena_eval.bench.zmq_baseline import pack, unpack
+        from arena_eval.benchmarks.zmq_baseline import pack, unpack
 
         self._encoding = encoding
         self._stop_on_close = stop_on_close
@@ -121,8 +121,8 @@ def run_latency(
              "--policy-arg", f"action_shape={ACTION_SHAPE[0]}x{ACTION_SHAPE[1]}",
              "--max-wait-ms", "0"]  # fmt: skip
     with (
-        _child(["-m", "arena_eval.bench.zmq_baseline", str(port), "seed"]),
-        _child(["-m", "arena_eval.bench.zmq_baseline", str(raw_port), "raw"]),
+        _child(["-m", "arena_eval.benchmarks.zmq_baseline", str(port), "seed"]),
+        _child(["-m", "arena_eval.benchmarks.zmq_baseline", str(raw_port), "raw"]),
         _child(serve, worker_env) as worker,
     ):
         zmq_client = _ZmqClient(port, "seed")

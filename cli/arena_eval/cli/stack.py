@@ -33,7 +33,7 @@ from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
-from arena_eval.parent_death import env_for_child
+from arena_eval.cli.parent_death import env_for_child
 
 _RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 
@@ -134,7 +134,13 @@ class LocalStack:
 
     def _start_guard(self, home: Path, log: Path) -> None:
         """A child that stops the Redis we started if we die without cleanup (kill -9)."""
-        args = ["-m", "arena_eval.redis_guard", str(home), self.settings.prefix, self.pool or ""]
+        args = [
+            "-m",
+            "arena_eval.cli.redis_guard",
+            str(home),
+            self.settings.prefix,
+            self.pool or "",
+        ]
         with open(log, "ab") as out:
             self.guard = subprocess.Popen(
                 [sys.executable, *args],

@@ -13,7 +13,7 @@ Two encodings, both measured in every run:
 * ``raw``: arrays as raw bytes with dtype and shape (openpi's encoding),
   decoded with ``np.frombuffer`` -- the seed's design at its best.
 
-Run as ``python -m arena_eval.bench.zmq_baseline PORT [seed|raw]`` to serve the
+Run as ``python -m arena_eval.benchmarks.zmq_baseline PORT [seed|raw]`` to serve the
 zero policy until a b"stop" message arrives.
 """
 

@@ -10,7 +10,7 @@ workers (which got the same SIGTERM) time to hand back their units and
 deregister, and stops the server. On a normal stop the stack kills the guard
 first and stops the server itself, in order.
 
-Run as ``python -m arena_eval.redis_guard HOME PREFIX [POOL]``.
+Run as ``python -m arena_eval.cli.redis_guard HOME PREFIX [POOL]``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from arena_eval.broker.signals import stop_on_signals
-from arena_eval.parent_death import die_with_parent_if_asked
+from arena_eval.cli.parent_death import die_with_parent_if_asked
 
 #: How long the workers get to stop gracefully before the server goes anyway.
 WORKERS_GRACE_S = 20.0

@@ -1,14 +1,14 @@
 """The seed's server shape with a FixedLatencyPolicy: one REP socket, one request at a time.
 
-``python -m arena_eval.bench.zmq_baseline_policy PORT LATENCY_MS``
+``python -m arena_eval.benchmarks.zmq_baseline_policy PORT LATENCY_MS``
 """
 
 from __future__ import annotations
 
 import sys
 
-from arena_eval.bench.policies import FixedLatencyPolicy
-from arena_eval.bench.zmq_baseline import serve
+from arena_eval.benchmarks.policies import FixedLatencyPolicy
+from arena_eval.benchmarks.zmq_baseline import serve
 
 if __name__ == "__main__":
     policy = FixedLatencyPolicy(sys.argv[2])

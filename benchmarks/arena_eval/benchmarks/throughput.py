@@ -6,7 +6,7 @@ servers run the same ``FixedLatencyPolicy`` (a fixed forward-pass time, the
 regime of a GPU model at small batch) in their own process, and both are
 measured in the same run. The figure is the ratio of requests per second.
 
-``python -m arena_eval.bench.throughput --clients 8 --latency-ms 10``
+``python -m arena_eval.benchmarks.throughput --clients 8 --latency-ms 10``
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from arena_eval.bench.latency import _child, _free_port, _ZmqClient
+from arena_eval.benchmarks.latency import _child, _free_port, _ZmqClient
 from arena_eval.broker.connection import resolve_url
 from arena_eval.broker.settings import RedisSettings
 
-POLICY = "arena_eval.bench.policies:FixedLatencyPolicy"
+POLICY = "arena_eval.benchmarks.policies:FixedLatencyPolicy"
 
 
 def _run_clients(clients: int, seconds: float, make: Any, call: Any) -> int:
@@ -71,7 +71,7 @@ def run_throughput(
              "--max-wait-ms", str(latency_ms)]  # fmt: skip
     env = {"ARENA_REDIS_URL": url, "ARENA_PREFIX": settings.prefix}
     with (
-        _child(["-m", "arena_eval.bench.zmq_baseline_policy", str(port), str(latency_ms)]),
+        _child(["-m", "arena_eval.benchmarks.zmq_baseline_policy", str(port), str(latency_ms)]),
         _child(serve, env),
     ):
         s = settings.with_url(url)

@@ -22,8 +22,8 @@ def latency_cmd(
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """Round-trip p50/p99 of the fabric vs direct ZeroMQ REQ/REP (zero policy)."""
-    from arena_eval.bench.latency import format_table, run_latency
-    from arena_eval.bench.payloads import PAYLOADS
+    from arena_eval.benchmarks.latency import format_table, run_latency
+    from arena_eval.benchmarks.payloads import PAYLOADS
 
     if payload != "all" and payload not in PAYLOADS:
         raise typer.BadParameter(
@@ -57,7 +57,7 @@ def throughput_cmd(
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """Requests/s of K sims sharing one batched pool vs the seed's one-at-a-time server."""
-    from arena_eval.bench.throughput import run_throughput
+    from arena_eval.benchmarks.throughput import run_throughput
 
     with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
         result = run_throughput(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
+from importlib.metadata import version
 from typing import Any
 
 import typer
@@ -22,7 +23,6 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperOption
 
-from arena_eval import __version__
 from arena_eval.broker.errors import ArenaEvalError, BrokerPermissionError
 
 app = typer.Typer(
@@ -53,7 +53,7 @@ _flag_shows_no_type()
 
 def _version_callback(value: bool) -> None:
     if value:
-        typer.echo(f"arena-eval {__version__}")
+        typer.echo(f"arena-eval {version('arena-eval')}")
         raise typer.Exit()
 
 
