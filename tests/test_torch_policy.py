@@ -20,17 +20,16 @@ import torch
 
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.spec import FieldSpec, PolicySpec
-from arena_eval.policy_worker.builtins.torch_policy import (
+from arena_eval.policy_worker.builtins.torch_checkpoint import (
     STATE_DICT_FORMAT,
-    TorchPolicy,
     detect_format,
     save_checkpoint,
     save_exported,
     save_state_dict_checkpoint,
     save_torchscript,
-    torch_device_summary,
     write_sidecar_spec,
 )
+from arena_eval.policy_worker.builtins.torch_policy import TorchPolicy, torch_device_summary
 from arena_eval.policy_worker.registry import load_policy
 
 H, A, STATE = 4, 3, 6

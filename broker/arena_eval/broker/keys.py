@@ -37,7 +37,11 @@ def check_name(kind: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class Keys:
-    """Key builder bound to one prefix."""
+    """Key builder bound to one prefix.
+
+    One method per key family, by design (hence more than 15): this class is the one
+    place a reader finds every key, its type and its hash tag.
+    """
 
     prefix: str = DEFAULT_PREFIX
 
@@ -130,7 +134,3 @@ class Keys:
     def sim_worker(self, worker_id: str) -> str:
         """STRING (JSON) with a TTL: one sim worker's heartbeat and current unit."""
         return f"{self.prefix}sim-worker:{check_name('worker', worker_id)}"
-
-    def all_pattern(self) -> str:
-        """SCAN pattern matching every key of this deployment."""
-        return f"{self.prefix}*"

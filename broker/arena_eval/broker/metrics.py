@@ -76,9 +76,6 @@ class LatencyHistogram:
     def total(self) -> int:
         return sum(self.counts.values())
 
-    def clear(self) -> None:
-        self.counts.clear()
-
     def fields(self) -> dict[str, int]:
         """Hash fields (``h:<bucket>``) -> count, for ``HINCRBY`` into a stats hash."""
         return {f"{HIST_PREFIX}{b}": c for b, c in self.counts.items() if c}

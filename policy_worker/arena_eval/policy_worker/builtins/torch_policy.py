@@ -1,9 +1,9 @@
 """Serve PyTorch checkpoints (``torch`` policy): the runtime around a loaded model.
 
 Which files are checkpoints, and how they carry their ``PolicySpec``, is
-``torch_checkpoint``'s business (its docstring has the conventions); its
-public names are re-exported here so ``torch_policy`` stays the one import for
-users. This module is about running the model fast and safely:
+``torch_checkpoint``'s business (its docstring has the conventions; import the
+``save_*`` helpers from there). This module is about running the model fast and
+safely:
 
 * On CUDA, observations go through reusable pinned host buffers with
   ``non_blocking`` copies, and actions come back through a pinned buffer and
@@ -30,19 +30,9 @@ from arena_eval.broker.errors import ArenaEvalError, ConfigError
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.policy_worker.builtins.args import parse_bool, parse_dtype, parse_int
 from arena_eval.policy_worker.builtins.torch_checkpoint import (
-    FORMATS,
-    SIDECAR_SUFFIX,
-    SPEC_FILE,
-    STATE_DICT_FORMAT,
     ModelFn,
-    detect_format,
     load_model,
-    save_checkpoint,
-    save_exported,
-    save_state_dict_checkpoint,
-    save_torchscript,
     torch_dtype,
-    write_sidecar_spec,
 )
 from arena_eval.policy_worker.policy import ArgDoc, Policy, batch_rows, check_actions
 
@@ -54,24 +44,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
         "pip install 'arena-eval[policy]'"
     ) from _exc
 
-# The checkpoint names are re-exported: torch_policy was their home and stays an entry point.
-__all__ = [
-    "FORMATS",
-    "SIDECAR_SUFFIX",
-    "SPEC_FILE",
-    "STATE_DICT_FORMAT",
-    "ModelFn",
-    "TorchPolicy",
-    "detect_format",
-    "load_model",
-    "resolve_device",
-    "save_checkpoint",
-    "save_exported",
-    "save_state_dict_checkpoint",
-    "save_torchscript",
-    "torch_device_summary",
-    "write_sidecar_spec",
-]
+__all__ = ["TorchPolicy", "resolve_device", "torch_device_summary"]
 
 _AUTOCAST = {
     "fp32": None,
