@@ -19,9 +19,13 @@ from arena_eval.cli.common import (
     print_json,
     settings_for,
 )
+from arena_eval.policy_worker.config import PolicyWorkerConfig
 
 if TYPE_CHECKING:
     from arena_eval.policy_worker.server import PolicyWorker
+
+#: The worker's defaults, read as class attributes: the options below show and use them.
+_DEFAULTS = PolicyWorkerConfig
 
 app = typer.Typer(help="Run policy workers (the model pool).", no_args_is_help=True)
 
@@ -37,19 +41,31 @@ def serve_cmd(
     policy_arg: list[str] = typer.Option(
         [], "--policy-arg", help="Policy argument k=v (repeatable), e.g. action_shape=16x36."
     ),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda[:N] (torch policies)."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Most rows per forward pass."),
+    device: str = typer.Option(
+        _DEFAULTS.device, "--device", help="auto|cpu|cuda[:N] (torch policies)."
+    ),
+    max_batch: int = typer.Option(
+        _DEFAULTS.max_batch, "--max-batch", help="Most rows per forward pass."
+    ),
     max_wait_ms: float = typer.Option(
-        2.0, "--max-wait-ms", help="Longest wait after the first request to fill a batch."
+        _DEFAULTS.max_wait_ms,
+        "--max-wait-ms",
+        help="Longest wait after the first request to fill a batch.",
     ),
     claim_idle_ms: int = typer.Option(
-        5000, "--claim-idle-ms", help="Take over requests pending this long on a dead worker."
+        _DEFAULTS.claim_idle_ms,
+        "--claim-idle-ms",
+        help="Take over requests pending this long on a dead worker.",
     ),
     max_deliveries: int = typer.Option(
-        3, "--max-deliveries", help="Dead-letter a request delivered more times than this."
+        _DEFAULTS.max_deliveries,
+        "--max-deliveries",
+        help="Dead-letter a request delivered more times than this.",
     ),
     worker_id: str | None = typer.Option(
-        None, "--worker-id", help="Consumer name in the pool (default: host-pid-random)."
+        _DEFAULTS.worker_id,
+        "--worker-id",
+        help="Consumer name in the pool (default: host-pid-random).",
     ),
     burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty (tests)."),
     redis_url: str | None = REDIS_URL_OPTION,
@@ -70,20 +86,19 @@ def serve_cmd(
             highlight=False,
         )
 
-    stats = serve_pool(
-        pool,
-        policy,
-        parse_policy_args(policy_arg),
-        settings,
-        burst=burst,
-        on_serving=announce,
+    config = PolicyWorkerConfig(
+        pool=pool,
+        policy=policy,
+        policy_args=parse_policy_args(policy_arg),
         device=device,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         claim_idle_ms=claim_idle_ms,
         max_deliveries=max_deliveries,
         worker_id=worker_id,
+        redis=settings,
     )
+    stats = serve_pool(config, burst=burst, on_serving=announce)
     console.print(
         f"stopped: {stats.requests} requests in {stats.batches} batches, "
         f"{stats.dead_letters} dead letters",

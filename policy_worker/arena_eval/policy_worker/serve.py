@@ -23,7 +23,7 @@ from arena_eval.broker.connection import connect, ping
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.signals import stop_on_signals
-from arena_eval.policy_worker.registry import load_policy
+from arena_eval.policy_worker.config import PolicyWorkerConfig
 from arena_eval.policy_worker.server import PolicyWorker
 from arena_eval.policy_worker.stats import WorkerStats
 
@@ -42,29 +42,16 @@ def build_worker(
     policy: str,
     policy_args: Mapping[str, str],
     settings: RedisSettings,
-    *,
-    device: str | None = None,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    claim_idle_ms: int = 5000,
-    max_deliveries: int = 3,
-    worker_id: str | None = None,
+    **knobs: Any,
 ) -> PolicyWorker:
-    args = dict(policy_args)
-    if device is not None and policy == "torch":
-        args.setdefault("device", device)
-    instance = load_policy(policy, args)
-    return PolicyWorker(
-        pool,
-        instance,
-        settings,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        claim_idle_ms=claim_idle_ms,
-        max_deliveries=max_deliveries,
-        worker_id=worker_id,
-        policy_args=args,
+    """``PolicyWorker.from_config`` for positional pool/policy/args/settings (tests, scripts).
+
+    ``knobs`` are ``PolicyWorkerConfig`` fields; an unknown one is a TypeError there.
+    """
+    config = PolicyWorkerConfig(
+        pool=pool, policy=policy, policy_args=dict(policy_args), redis=settings, **knobs
     )
+    return PolicyWorker.from_config(config)
 
 
 def check_reachable(settings: RedisSettings) -> None:
@@ -116,19 +103,11 @@ def serve(
 
 
 def serve_pool(
-    pool: str,
-    policy: str,
-    policy_args: Mapping[str, str],
-    settings: RedisSettings,
+    config: PolicyWorkerConfig,
     *,
     burst: bool = False,
     on_serving: Callable[[PolicyWorker], None] | None = None,
-    **worker_options: Any,
 ) -> WorkerStats:
-    """Everything ``policy serve`` does: check Redis, build the worker, join, serve.
-
-    ``worker_options`` are ``build_worker``'s keyword arguments, whose defaults live there.
-    """
-    check_reachable(settings)
-    worker = build_worker(pool, policy, policy_args, settings, **worker_options)
-    return serve(worker, burst=burst, on_serving=on_serving)
+    """Everything ``policy serve`` does: check Redis, build the worker from ``config``, serve."""
+    check_reachable(config.settings)
+    return serve(PolicyWorker.from_config(config), burst=burst, on_serving=on_serving)

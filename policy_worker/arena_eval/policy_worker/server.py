@@ -65,6 +65,7 @@ from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.broker.wire import Arg, DedicatedConnection, execute_chain
 from arena_eval.policy_worker.batching import infer_capped, read_count, take_rows, total_rows
+from arena_eval.policy_worker.config import PolicyWorkerConfig
 from arena_eval.policy_worker.entries import (
     Pending,
     dead_letter_command,
@@ -74,14 +75,15 @@ from arena_eval.policy_worker.entries import (
 from arena_eval.policy_worker.entries import rows as entry_rows
 from arena_eval.policy_worker.identity import identify
 from arena_eval.policy_worker.policy import Policy
+from arena_eval.policy_worker.registry import load_policy
 from arena_eval.policy_worker.stats import WorkerStats
 
 log = logging.getLogger("arena_eval.policy_worker")
 
 _POLL_S = 0.0002
-_ACTIVE_CLIENT_S = 1.0
 _READ_MARGIN_S = 5.0
 _SWEEP_S = 60.0
+_DEFAULTS = PolicyWorkerConfig  # field defaults, read as class attributes
 
 
 class PolicyWorker:
@@ -94,17 +96,29 @@ class PolicyWorker:
         settings: RedisSettings | None = None,
         *,
         client: redis.Redis | None = None,
-        max_batch: int = 64,
-        max_wait_ms: float = 2.0,
-        claim_idle_ms: int = 5000,
-        max_deliveries: int = 3,
-        worker_id: str | None = None,
-        block_ms: int = 200,
-        hung_after_s: float = 300.0,
+        max_batch: int = _DEFAULTS.max_batch,
+        max_wait_ms: float = _DEFAULTS.max_wait_ms,
+        claim_idle_ms: int = _DEFAULTS.claim_idle_ms,
+        max_deliveries: int = _DEFAULTS.max_deliveries,
+        worker_id: str | None = _DEFAULTS.worker_id,
+        block_ms: int = _DEFAULTS.block_ms,
+        hung_after_s: float = _DEFAULTS.hung_after_s,
         policy_args: Mapping[str, Any] | None = None,
     ) -> None:
-        if max_batch < 1:
-            raise ArenaEvalError(f"max_batch must be >= 1, got {max_batch}")
+        """Serve a ``policy`` instance on ``pool_name``; defaults: ``PolicyWorkerConfig``'s."""
+        self.config = PolicyWorkerConfig(
+            pool=pool_name,
+            policy=f"{type(policy).__module__}:{type(policy).__qualname__}",
+            policy_args={str(k): str(v) for k, v in (policy_args or {}).items()},
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            claim_idle_ms=claim_idle_ms,
+            max_deliveries=max_deliveries,
+            worker_id=worker_id,
+            block_ms=block_ms,
+            hung_after_s=hung_after_s,
+            redis=settings,
+        )
         self.pool = pool_name
         self.policy = policy
         self.settings = settings or RedisSettings.from_env()
@@ -142,6 +156,37 @@ class PolicyWorker:
         self.hung_after_s = hung_after_s
         self._hb_thread: threading.Thread | None = None
         self._registered = False
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PolicyWorkerConfig,
+        *,
+        policy: Policy | None = None,
+        client: redis.Redis | None = None,
+    ) -> PolicyWorker:
+        """A worker built from ``config``; the policy is loaded by name unless one is given."""
+        args = dict(config.policy_args)
+        if policy is None:
+            if config.policy == "torch":
+                args.setdefault("device", config.device)
+            policy = load_policy(config.policy, args)
+        worker = cls(
+            config.pool,
+            policy,
+            config.settings,
+            client=client,
+            max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms,
+            claim_idle_ms=config.claim_idle_ms,
+            max_deliveries=config.max_deliveries,
+            worker_id=config.worker_id,
+            block_ms=config.block_ms,
+            hung_after_s=config.hung_after_s,
+            policy_args=args,
+        )
+        worker.config = config
+        return worker
 
     # -- lifecycle -----------------------------------------------------------
     def stop(self) -> None:
@@ -303,7 +348,7 @@ class PolicyWorker:
 
     def _expected_clients(self, now: float) -> int:
         """How many clients sent requests within the last second (at least 1)."""
-        horizon = now - _ACTIVE_CLIENT_S
+        horizon = now - self.config.active_client_s
         stale = [c for c, t in self._recent_clients.items() if t < horizon]
         for c in stale:
             del self._recent_clients[c]
