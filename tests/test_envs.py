@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +28,6 @@ from arena_eval.sim_worker.envs import (
     TensorEnvAdapter,
     UnknownTask,
     VectorEnv,
-    expert_policy_for,
     make_env,
 )
 from arena_eval.sim_worker.envs.errors import require
@@ -132,8 +132,15 @@ def run_schedule(
     return episodes
 
 
+def expert(task: str) -> Any:
+    """Meta-World's scripted expert for ``task``: a policy, so it lives in the policy worker."""
+    from arena_eval.policy_worker.builtins.metaworld_expert import expert_policy_class
+
+    return expert_policy_class(task)()
+
+
 def metaworld_expert(task: str = "door-open-v3") -> Act:
-    policy = expert_policy_for(task)
+    policy = expert(task)
 
     def act(obs: ObsDict) -> np.ndarray:
         return np.stack([policy.get_action(row) for row in obs["state"]])
@@ -299,13 +306,13 @@ def test_metaworld_camera() -> None:
 
 @pytest.mark.usefixtures("needs_metaworld")
 def test_expert_policy_lookup() -> None:
-    policy = expert_policy_for("metaworld/door-open-v3")
+    policy = expert("metaworld/door-open-v3")
     assert type(policy).__name__ == "SawyerDoorOpenV3Policy"
-    assert type(expert_policy_for("peg-insert-side-v3")).__name__.startswith("SawyerPeg")
+    assert type(expert("peg-insert-side-v3")).__name__.startswith("SawyerPeg")
     action = policy.get_action(np.zeros(39))
     assert np.asarray(action).shape == (4,)
-    with pytest.raises(UnknownTask, match="no-such-task"):
-        expert_policy_for("no-such-task-v3")
+    with pytest.raises(ConfigError, match="no-such-task"):
+        expert("no-such-task-v3")
 
 
 # --------------------------------------------------------------------------- gymnasium

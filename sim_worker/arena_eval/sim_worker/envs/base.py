@@ -22,15 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from arena_eval.broker.spec import FieldSpec
+
 ObsDict = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class ObsField:
-    """One observation key: numpy dtype string (``'float64'``, ``'uint8'``) and per-row shape."""
-
-    dtype: str
-    shape: tuple[int, ...]
 
 
 @dataclass
@@ -61,8 +55,12 @@ class VectorEnv(ABC):
     num_envs: int
 
     @abstractmethod
-    def observation_spec(self) -> dict[str, ObsField]:
-        """Key -> dtype and per-row shape of every observation array ``reset``/``step`` return."""
+    def observation_spec(self) -> dict[str, FieldSpec]:
+        """Key -> dtype and per-row shape of every observation array ``reset``/``step`` return.
+
+        The same :class:`~arena_eval.broker.spec.FieldSpec` a pool's spec uses, so the two
+        compare directly.
+        """
 
     @abstractmethod
     def action_dim(self) -> int:

@@ -14,13 +14,6 @@ from types import ModuleType
 
 from arena_eval.broker.errors import ConfigError
 
-TASK_SYNTAXES = (
-    "'metaworld/<task>' (e.g. metaworld/door-open-v3), "
-    "'gym/<EnvId>' or a bare registered gymnasium id (e.g. CartPole-v1), "
-    "'py:<module.path>:<factory>' (a callable that takes num_envs and returns a batched "
-    "torch env, see arena_eval.sim_worker.envs.tensor_env)"
-)
-
 
 class UnknownTask(ConfigError):
     """The task string matches no adapter, or names a task its simulator does not have."""
@@ -57,6 +50,7 @@ def require(module: str, *, purpose: str) -> ModuleType:
 
 
 def unknown_task(task: str, reason: str = "") -> UnknownTask:
-    """Build the standard 'unknown task' error, listing every task syntax."""
+    """The standard 'unknown task' error; ``make_env`` appends every registered task syntax
+    (adapters know why a task is unknown, only the task table knows the syntaxes)."""
     detail = f": {reason}" if reason else ""
-    return UnknownTask(f"unknown task {task!r}{detail}. Task syntaxes: {TASK_SYNTAXES}")
+    return UnknownTask(f"unknown task {task!r}{detail}")

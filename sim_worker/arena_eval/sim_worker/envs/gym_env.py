@@ -24,6 +24,7 @@ gymnasium is imported lazily so that importing the package does not require it.
 from __future__ import annotations
 
 import enum
+import importlib
 import multiprocessing
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -33,20 +34,23 @@ import numpy as np
 import numpy.typing as npt
 
 from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.spec import FieldSpec
+from arena_eval.sim_worker.envs.adapter import EnvAdapter, EnvOptions
 from arena_eval.sim_worker.envs.base import (
     ObsDict,
-    ObsField,
     StepResult,
     VectorEnv,
     check_actions,
     check_reset_args,
 )
 from arena_eval.sim_worker.envs.errors import require, unknown_task
+from arena_eval.sim_worker.envs.gym_flags import SUCCESS, TERMINATED, TRUNCATED
 
 if TYPE_CHECKING:
     import gymnasium as gym
 
 SEP = "/"
+PREFIX = "gym/"
 
 
 class Vectorization(str, enum.Enum):
@@ -58,10 +62,6 @@ class Vectorization(str, enum.Enum):
 
 VECTORIZATIONS = tuple(v.value for v in Vectorization)
 
-# Info keys EpisodeGuard writes with each env's real episode flags (see gym_episode).
-TERMINATED = "arena.terminated"
-TRUNCATED = "arena.truncated"
-SUCCESS = "arena.success"
 _NOT_METRICS = frozenset({TERMINATED, TRUNCATED, SUCCESS, "success"})
 
 
@@ -124,7 +124,7 @@ class GymVectorEnv(VectorEnv):
             self.close()
             raise
 
-    def observation_spec(self) -> dict[str, ObsField]:
+    def observation_spec(self) -> dict[str, FieldSpec]:
         return dict(self._spec)
 
     def action_dim(self) -> int:
@@ -192,6 +192,45 @@ def make_gym_env(
     return GymVectorEnv(fns, vectorization=vectorization, seed=seed, max_steps=max_steps)
 
 
+def _make(name: str, num_envs: int, options: EnvOptions) -> GymVectorEnv:
+    """The task table's factory: ``gym/<EnvId>`` (``name`` is the id) or a bare id."""
+    if options.camera is not None:
+        raise ConfigError(
+            f"camera={options.camera!r} is only supported for metaworld/ tasks, not "
+            f"gymnasium env {name!r}"
+        )
+    if not name:
+        raise unknown_task(PREFIX, f"no gymnasium id after {PREFIX!r}")
+    return make_gym_env(
+        name,
+        num_envs,
+        seed=options.seed,
+        max_steps=options.max_steps,
+        vectorization=options.vectorization,
+    )
+
+
+def is_gym_id(task: str) -> bool:
+    """A bare id is gymnasium's if gymnasium has it registered."""
+    try:
+        gym: Any = importlib.import_module("gymnasium")
+    except ModuleNotFoundError as exc:
+        raise unknown_task(
+            task,
+            "(gymnasium is not installed, so bare gymnasium ids cannot be resolved: "
+            "pip install 'arena-eval[sim]')",
+        ) from exc
+    return task in gym.envs.registry
+
+
+ADAPTER = EnvAdapter(
+    prefix=PREFIX,
+    make=_make,
+    syntax=f"'{PREFIX}<EnvId>' or a bare registered gymnasium id (e.g. CartPole-v1)",
+    claims_bare=is_gym_id,
+)
+
+
 def _flag(infos: Mapping[str, Any], key: str, n: int) -> npt.NDArray[np.bool_]:
     value = infos.get(key)
     if value is None:
@@ -231,24 +270,24 @@ def flatten_obs(obs: Any, prefix: str = "") -> ObsDict:
     return {prefix[: -len(SEP)] if prefix else "state": np.asarray(obs)}
 
 
-def spec_from_space(space: Any, prefix: str = "") -> dict[str, ObsField]:
-    """Per-row :class:`ObsField` for every key :func:`flatten_obs` produces from ``space``."""
+def spec_from_space(space: Any, prefix: str = "") -> dict[str, FieldSpec]:
+    """Per-row :class:`FieldSpec` for every key :func:`flatten_obs` produces from ``space``."""
     from gymnasium import spaces
 
     key = prefix[: -len(SEP)] if prefix else "state"
     if isinstance(space, spaces.Dict):
-        out: dict[str, ObsField] = {}
+        out: dict[str, FieldSpec] = {}
         for name, sub in space.spaces.items():
             out.update(spec_from_space(sub, f"{prefix}{name}{SEP}"))
         return out
     if isinstance(space, spaces.Box):
-        return {key: ObsField(np.dtype(space.dtype).name, tuple(space.shape))}
+        return {key: FieldSpec(np.dtype(space.dtype).name, tuple(space.shape))}
     if isinstance(space, spaces.Discrete):
-        return {key: ObsField("int64", ())}
+        return {key: FieldSpec("int64", ())}
     if isinstance(space, spaces.MultiDiscrete):
-        return {key: ObsField("int64", tuple(space.shape))}
+        return {key: FieldSpec("int64", tuple(space.shape))}
     if isinstance(space, spaces.MultiBinary):
-        return {key: ObsField("int8", tuple(space.shape))}
+        return {key: FieldSpec("int8", tuple(space.shape))}
     raise ConfigError(
         f"unsupported observation space {space!r} at {key!r}: arena-eval supports Box, "
         "Discrete, MultiDiscrete, MultiBinary and (nested) Dict of those"

@@ -26,7 +26,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from arena_eval.sim_worker.envs.gym_env import SUCCESS, TERMINATED, TRUNCATED
+from arena_eval.sim_worker.envs.gym_flags import SUCCESS, TERMINATED, TRUNCATED
 
 _NUMERIC = (bool, int, float, np.number, np.bool_)
 

@@ -1,4 +1,4 @@
-"""Meta-World tasks (``metaworld/<task>``) as a :class:`VectorEnv`, and their scripted experts.
+"""Meta-World tasks (``metaworld/<task>``) as a :class:`VectorEnv`.
 
 Evaluation semantics are the standard Meta-World ones: an episode *terminates* the first step
 ``info["success"] > 0`` and is *truncated* at ``max_steps`` (default: the task's
@@ -11,6 +11,9 @@ asked for, picks ``MUJOCO_GL`` (``egl`` with an NVIDIA device, else ``osmesa``, 
 checks that its library loads (``osmesa`` needs the system package ``libosmesa6``). Tasks without
 a camera need no GL library at all.
 
+The scripted experts are a policy (``metaworld-expert``, in the policy worker), not part of
+the env: a sim node never needs them.
+
 metaworld/gymnasium are imported lazily, inside the functions, so that this module (and the
 package) import on nodes without them.
 """
@@ -18,21 +21,14 @@ package) import on nodes without them.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from arena_eval.sim_worker.envs import gl
+from arena_eval.sim_worker.envs.adapter import EnvAdapter, EnvOptions
 from arena_eval.sim_worker.envs.errors import require, unknown_task
 from arena_eval.sim_worker.envs.gym_env import GymVectorEnv
 
 PREFIX = "metaworld/"
-
-
-class ExpertPolicy(Protocol):
-    """What :func:`expert_policy_for` returns: one observation row in, one action row out."""
-
-    def get_action(self, obs: np.ndarray) -> np.ndarray: ...
 
 
 def task_name(task: str) -> str:
@@ -104,21 +100,19 @@ def make_metaworld_env(
     )
 
 
-def expert_policy_for(task: str) -> ExpertPolicy:
-    """The scripted Meta-World expert for ``task`` (``'door-open-v3'`` or ``'metaworld/...'``).
+def _make(name: str, num_envs: int, options: EnvOptions) -> GymVectorEnv:
+    """The task table's factory for ``metaworld/<name>``."""
+    return make_metaworld_env(
+        name,
+        num_envs,
+        seed=options.seed,
+        max_steps=options.max_steps,
+        camera=options.camera,
+        image_size=options.image_size,
+        vectorization=options.vectorization,
+    )
 
-    Uses ``metaworld.policies.ENV_POLICY_MAP``; falls back to the class naming convention
-    (``door-open-v3`` -> ``SawyerDoorOpenV3Policy``) for tasks missing from the map.
-    """
-    gl.prepare(None)
-    name = _check_task(task)
-    policies = require("metaworld.policies", purpose="Meta-World expert policies")
-    table: dict[str, Any] = getattr(policies, "ENV_POLICY_MAP", {})
-    cls = table.get(name)
-    if cls is None:
-        words = name.split("-")
-        cls = getattr(policies, "Sawyer" + "".join(w.capitalize() for w in words) + "Policy", None)
-    if cls is None:
-        raise unknown_task(f"{PREFIX}{name}", "Meta-World ships no scripted policy for it")
-    policy: ExpertPolicy = cls()
-    return policy
+
+ADAPTER = EnvAdapter(
+    prefix=PREFIX, make=_make, syntax=f"'{PREFIX}<task>' (e.g. {PREFIX}door-open-v3)"
+)

@@ -39,6 +39,7 @@ without torch can import this package.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -46,17 +47,19 @@ import numpy as np
 import numpy.typing as npt
 
 from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.spec import FieldSpec
+from arena_eval.sim_worker.envs.adapter import EnvAdapter, EnvOptions
 from arena_eval.sim_worker.envs.base import (
     ObsDict,
-    ObsField,
     StepResult,
     VectorEnv,
     check_actions,
     check_reset_args,
 )
-from arena_eval.sim_worker.envs.errors import require
+from arena_eval.sim_worker.envs.errors import require, unknown_task
 
 SEP = "/"
+PREFIX = "py:"
 
 
 class TensorEnv(Protocol):
@@ -87,11 +90,11 @@ class TensorEnvAdapter(VectorEnv):
         self._truncated = np.zeros(n, dtype=np.bool_)
         self._success = np.zeros(n, dtype=np.bool_)
         self._obs: ObsDict = {}
-        self._spec: dict[str, ObsField] = {}
+        self._spec: dict[str, FieldSpec] = {}
         self._closed = False
         self.reset(np.arange(n), seed + np.arange(n))
 
-    def observation_spec(self) -> dict[str, ObsField]:
+    def observation_spec(self) -> dict[str, FieldSpec]:
         return dict(self._spec)
 
     def action_dim(self) -> int:
@@ -108,7 +111,7 @@ class TensorEnvAdapter(VectorEnv):
             obs = self._to_numpy_obs(out[0] if isinstance(out, tuple) else out)
             if not self._obs:  # first reset (construction): every row is fresh
                 self._obs = {k: np.array(v) for k, v in obs.items()}
-                self._spec = {k: ObsField(v.dtype.name, v.shape[1:]) for k, v in obs.items()}
+                self._spec = {k: FieldSpec(v.dtype.name, v.shape[1:]) for k, v in obs.items()}
             else:
                 for key, buf in self._obs.items():
                     buf[ids] = obs[key][ids]
@@ -229,3 +232,43 @@ def _action_dim(env: Any) -> int:
         f"{type(env).__name__} exposes neither action_dim nor an action_space with a shape; "
         "add `action_dim: int` to the env"
     )
+
+
+def _make(name: str, num_envs: int, options: EnvOptions) -> TensorEnvAdapter:
+    """The task table's factory for ``py:<module.path>:<factory>`` (``name``: after ``py:``).
+
+    The env is already batched, so ``vectorization`` does not apply, and cameras are the
+    factory's business.
+    """
+    if options.camera is not None:
+        raise ConfigError(
+            f"camera={options.camera!r} is not supported for {PREFIX} tasks: configure cameras "
+            "in the factory itself"
+        )
+    env = _call_factory(name, num_envs)
+    return TensorEnvAdapter(env, seed=options.seed, max_steps=options.max_steps)
+
+
+def _call_factory(name: str, num_envs: int) -> Any:
+    task = PREFIX + name
+    module_name, _, attr = name.rpartition(":")
+    if not module_name or not attr:
+        raise unknown_task(task, f"expected '{PREFIX}<module.path>:<factory>'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise unknown_task(task, f"cannot import module {module_name!r}: {exc}") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise unknown_task(task, f"module {module_name!r} has no callable {attr!r}")
+    return factory(num_envs)
+
+
+ADAPTER = EnvAdapter(
+    prefix=PREFIX,
+    make=_make,
+    syntax=(
+        f"'{PREFIX}<module.path>:<factory>' (a callable that takes num_envs and returns a "
+        "batched torch env, see arena_eval.sim_worker.envs.tensor_env)"
+    ),
+)
