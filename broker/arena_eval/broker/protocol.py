@@ -1,4 +1,7 @@
-"""The request/reply messages between PolicyClient and policy workers.
+"""The request/reply messages between PolicyClient and policy workers (the payloads).
+
+The commands that carry them are built in ``transport.py``; the field names,
+kinds and caps are named in ``constants.py``.
 
 A request is one entry on a pool stream. Its routing fields are plain stream
 fields, readable with ``redis-cli XRANGE``, and kept apart from the payload so
@@ -30,18 +33,32 @@ from typing import Any
 import numpy as np
 
 from arena_eval.broker import codec
+from arena_eval.broker.constants import (
+    F_DATA,
+    F_REPLY,
+    F_RID,
+    F_SHM,
+    KIND_ACTIONS,
+    KIND_ERROR,
+    KIND_INFER,
+)
 from arena_eval.broker.errors import CodecError
 
-F_RID = b"rid"
-F_REPLY = b"reply"
-F_DATA = b"d"
-F_SHM = b"shm"
-
-KIND_INFER = "infer"
-KIND_ACTIONS = "actions"
-KIND_ERROR = "error"
-
-TIMING_KEYS = ("queue_ms", "decode_ms", "infer_ms", "encode_ms", "batch_rows", "batch_requests")
+# The field names and kinds are defined in constants.py; importers of these names here
+# (protocol.F_RID ...) read the same objects.
+__all__ = [
+    "F_DATA",
+    "F_REPLY",
+    "F_RID",
+    "F_SHM",
+    "KIND_ACTIONS",
+    "KIND_ERROR",
+    "KIND_INFER",
+    "InferRequest",
+    "actions_reply",
+    "decode_reply",
+    "error_reply",
+]
 
 
 @dataclass
