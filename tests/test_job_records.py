@@ -268,7 +268,7 @@ def test_a_unit_that_keeps_killing_workers_fails_its_job(
     units.claim_stale(raw, keys, "died-2", 0)  # second delivery; that worker died too
     time.sleep(0.15)
     worker = SimWorker(settings, lease_ms=100, max_deliveries=2, block_ms=10)
-    assert worker._next_unit() is None  # third delivery: refused
+    assert worker.queue.next_unit() is None  # third delivery: refused
     job = jobs.get_job(r, keys, job_id)
     assert job.state is JobState.FAILED and "taken over 2 times" in job.reason
     assert list(units.iter_units(r, keys)) == []

@@ -2,7 +2,9 @@
 
 The loop itself lives in ``arena_eval.sim_worker.service``; this module only
 parses options (bad ones are usage errors before anything starts) and prints one
-line once the worker has reached Redis, and one when it stops.
+line once the worker has reached Redis, and one when it stops. Every option's
+default is ``SimWorkerConfig``'s, so ``sim serve``, ``up``/``demo`` and the
+Python API build the same worker.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import logging
 
 import typer
 
-from arena_eval.broker.jobs import DEFAULT_NUM_ENVS
 from arena_eval.cli.common import REDIS_URL_OPTION, console, esc, settings_for
+from arena_eval.sim_worker.config import SimWorkerConfig
 from arena_eval.sim_worker.envs.gym_env import Vectorization
 
 app = typer.Typer(
@@ -20,30 +22,43 @@ app = typer.Typer(
 )
 
 
+_DEFAULTS = SimWorkerConfig()
+
+
 @app.command("serve")
 def serve_cmd(
+    ctx: typer.Context,
     num_envs: int = typer.Option(
-        DEFAULT_NUM_ENVS,
+        _DEFAULTS.num_envs,
         "--num-envs",
         min=1,
         help="Env slots: the default, and the maximum a job may ask for.",
     ),
     lease_ms: int = typer.Option(
-        10_000, "--lease-ms", min=100, help="A unit idle this long (its worker died) is taken over."
+        _DEFAULTS.lease_ms,
+        "--lease-ms",
+        min=100,
+        help="A unit idle this long (its worker died) is taken over.",
     ),
     policy_timeout_s: float = typer.Option(
-        30.0, "--policy-timeout", min=0.1, help="Seconds to wait for one policy answer."
+        _DEFAULTS.policy_timeout_s,
+        "--policy-timeout",
+        min=0.1,
+        help="Seconds to wait for one policy answer.",
     ),
     max_deliveries: int = typer.Option(
-        5, "--max-deliveries", min=1, help="Fail a job whose unit killed this many workers."
+        _DEFAULTS.max_deliveries,
+        "--max-deliveries",
+        min=1,
+        help="Fail a job whose unit killed this many workers.",
     ),
     vectorization: Vectorization = typer.Option(
-        Vectorization.SYNC,
+        Vectorization(_DEFAULTS.vectorization),
         "--vectorization",
         help="Step the env slots in this process (sync) or one subprocess each (async).",
     ),
     worker_id: str | None = typer.Option(
-        None,
+        _DEFAULTS.worker_id,
         "--worker-id",
         help="Name shown by `arena-eval workers`.",
         show_default="host-pid-random",
@@ -61,23 +76,16 @@ def serve_cmd(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     settings = settings_for(redis_url)
+    # the parsed options, by name: exactly what a test that parses `sim serve` sees
+    config = SimWorkerConfig.from_options(ctx.params, settings)
     client = connect(settings)
     ping(client, settings)
-    worker = SimWorker(
-        settings,
-        client=client,
-        num_envs=num_envs,
-        lease_ms=lease_ms,
-        worker_id=worker_id,
-        policy_timeout_s=policy_timeout_s,
-        vectorization=vectorization.value,
-        max_deliveries=max_deliveries,
-    )
+    worker = SimWorker.from_config(config, client=client)
 
     def say_serving() -> None:
         console.print(
-            f"sim worker [bold]{esc(worker.worker_id)}[/] ({num_envs} env slots, "
-            f"lease {lease_ms} ms) on {esc(settings.masked_url())}",
+            f"sim worker [bold]{esc(worker.worker_id)}[/] ({config.num_envs} env slots, "
+            f"lease {config.lease_ms} ms) on {esc(settings.masked_url())}",
             highlight=False,
         )
 

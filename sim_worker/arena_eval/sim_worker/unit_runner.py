@@ -1,0 +1,175 @@
+"""Run one leased unit of a job to an ``Outcome``: pool, env, spec checks, rollout.
+
+Why apart from the unit lease: this part knows jobs, pools, envs and episodes,
+and nothing of how units are taken or settled on the stream (``unit_queue.py``).
+Given a job and the lease on one of its units it:
+
+* defers the unit when no live worker serves the job's pool (``pool_watch.py``);
+* fails the job within seconds, before any request, when the task cannot be
+  built or the pool's spec does not fit it (observations or action width);
+* runs the unit's episodes that are not stored yet (results are write-once, so
+  a unit taken over from a dead worker skips what that worker finished);
+* classifies how the run ended: a pool that lost its workers mid-unit waits
+  like any unserved pool, ``max_policy_timeouts`` unanswered requests in a row
+  from live workers fail the job as hung, a remote policy error or a simulator
+  error fails it, and an abort is a requeue, a drop (job terminal) or a lost
+  lease. A stop or cancel during a wait for an answer interrupts that wait
+  (``PolicyInterrupted``); the client is then discarded, so a late answer lands
+  on a reply stream nobody reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from arena_eval.broker import jobs, pool, results
+from arena_eval.broker.errors import BrokerUnavailable
+from arena_eval.broker.jobs import Job
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.spec import SpecMismatch
+from arena_eval.sim_worker.chunking import ChunkedPolicy
+from arena_eval.sim_worker.client import PolicyInterrupted, PolicyTimeout, RemotePolicyError
+from arena_eval.sim_worker.config import SimWorkerConfig
+from arena_eval.sim_worker.envs import VectorEnv
+from arena_eval.sim_worker.kept import EnvCache, PoolClients
+from arena_eval.sim_worker.lease import LEASE_LOST, Lease, Outcome
+from arena_eval.sim_worker.pool_watch import PoolWatch
+from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_mismatch
+
+log = logging.getLogger("arena_eval.sim_worker")
+
+#: Redis is unreachable: not the job's fault; the serve loop waits and retries.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BrokerUnavailable, ConnectionError)
+
+
+class UnitRunner:
+    """Runs units for one worker; keeps its env and pool clients between units."""
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        keys: Keys,
+        worker_id: str,
+        config: SimWorkerConfig,
+        clients: PoolClients,
+    ) -> None:
+        self._r = r
+        self.keys = keys
+        self.worker_id = worker_id
+        self.config = config
+        self.clients = clients
+        self.envs = EnvCache(config.vectorization)
+        self.pools = PoolWatch(r, keys, clients, pool_poll_s=config.pool_poll_s)
+
+    def execute(self, job: Job, lease: Lease) -> Outcome:
+        """Run ``lease.unit`` of ``job`` until its episodes are stored or it must stop."""
+        timeouts = 0
+        while True:
+            if lease.abort.is_set():
+                return self._aborted(job, lease)
+            spec = self.pools.served_spec(job, lease)
+            if spec is None:
+                return Outcome.DEFER
+            num_envs = min(job.spec.num_envs or self.config.num_envs, self.config.num_envs)
+            try:
+                env = self.envs.get(job.spec, num_envs)
+            except Exception as exc:
+                return self._fail(job, f"cannot build task {job.spec.task!r}: {_describe(exc)}")
+            reason = spec_mismatch(env, spec, job.spec)
+            if reason is not None:
+                return self._fail(job, reason)
+            jobs.mark_running(self._r, self.keys, job.job_id)
+            lease.phase = "running"
+            done = results.existing(self._r, self.keys, job.job_id, lease.unit.indices)
+            lease.episodes_done = len(done)
+            try:
+                self._rollout(job, lease, env, [i for i in lease.unit.indices if i not in done])
+            except PolicyInterrupted:  # stopping or cancelled while waiting for an answer
+                self.clients.discard(job.spec.pool)  # its reply stream may still get the answer
+                return self._aborted(job, lease)
+            except (PolicyTimeout, pool.PoolNotFound) as exc:
+                live = pool.live_workers(self._r, self.keys, job.spec.pool)
+                if not live:  # the pool lost its workers: wait for one like any unserved pool
+                    self.pools.lost_workers(job.spec.pool)
+                    log.warning(
+                        "job %s: pool %r has no live worker left (%s); handing the unit back",
+                        job.job_id, job.spec.pool, exc,
+                    )  # fmt: skip
+                    continue
+                timeouts += 1
+                reason = self._unanswered(job, len(live), timeouts)
+                if timeouts >= self.config.max_policy_timeouts:
+                    return self._fail(job, reason)
+                log.warning("%s (%s); retrying", reason, exc)
+                jobs.transition(
+                    self._r, self.keys, job.job_id, jobs.JobState.RUNNING, reason,
+                    only_from=(jobs.JobState.RUNNING,),
+                )  # fmt: skip
+                continue
+            except (SpecMismatch, RemotePolicyError) as exc:
+                return self._fail(job, f"pool {job.spec.pool!r}: {_describe(exc)}")
+            except REDIS_DOWN:
+                raise
+            except Exception as exc:
+                log.exception("rollout of job %s failed", job.job_id)
+                self.envs.drop()  # it may be broken: the next unit builds a fresh one
+                return self._fail(
+                    job, f"simulation error in task {job.spec.task!r}: {_describe(exc)}"
+                )
+            return self._aborted(job, lease) if lease.abort.is_set() else Outcome.DONE
+
+    def close(self) -> None:
+        """Close the pool clients and the env (best effort)."""
+        self.clients.close()
+        self.envs.drop()
+
+    def _unanswered(self, job: Job, live: int, timeouts: int) -> str:
+        return (
+            f"pool {job.spec.pool!r} has {live} live worker(s) but they did not "
+            f"answer {timeouts} request(s) in a row within {self.config.policy_timeout_s:.0f} s; "
+            "they may be hung or overloaded (`arena-eval pools` shows busy_s)"
+        )
+
+    def _rollout(self, job: Job, lease: Lease, env: VectorEnv, todo: list[int]) -> None:
+        policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
+        skipped = lease.episodes_done
+
+        def sink(episodes: list[dict[str, Any]], stats: RolloutStats) -> None:
+            _written, completed = results.record(
+                self._r, self.keys, job.job_id, self.worker_id, time.time(), episodes,
+                stats.counters(), stats.sums,
+            )  # fmt: skip
+            if completed:
+                log.info("job %s completed", job.job_id)
+
+        def progress(finished: int) -> None:
+            lease.episodes_done = skipped + finished
+
+        run_episodes(
+            env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
+            on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
+            progress=progress,
+        )  # fmt: skip
+
+    def _aborted(self, job: Job, lease: Lease) -> Outcome:
+        if lease.reason == LEASE_LOST:
+            return Outcome.LOST
+        state = jobs.job_state(self._r, self.keys, job.job_id)
+        if state is None or state.terminal:
+            return Outcome.DROP
+        return Outcome.REQUEUE
+
+    def _fail(self, job: Job, reason: str) -> Outcome:
+        log.error("job %s failed: %s", job.job_id, reason)
+        jobs.fail(self._r, self.keys, job.job_id, reason)
+        return Outcome.DROP
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
