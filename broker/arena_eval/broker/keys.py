@@ -39,8 +39,8 @@ def check_name(kind: str, name: str) -> str:
 class Keys:
     """Key builder bound to one prefix.
 
-    One method per key family, by design (hence more than 15): this class is the one
-    place a reader finds every key, its type and its hash tag.
+    Size: one method per key family, by design: this class is the one place a reader
+    finds every key, its type and its hash tag.
     """
 
     prefix: str = DEFAULT_PREFIX

