@@ -117,8 +117,9 @@ class ConsumerGroup:
         XAUTOCLAIM's cursor from the start of the PEL until a page claims something
         (bounded), so live entries ahead of a dead consumer's cannot hide them.
         """
-        if self._raw is None:
-            self._raw = streams_mod.raw_client(self.client)
+        if self._raw is None:  # redis-py's XAUTOCLAIM callback loses entries (see streams.py)
+            raw = "XAUTOCLAIM" not in self.client.response_callbacks
+            self._raw = self.client if raw else streams_mod.raw_client(self.client)
         return streams_mod.autoclaim_scan(
             self._raw, stream, self.group, self.consumer, min_idle_ms, count
         )

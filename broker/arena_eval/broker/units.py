@@ -6,7 +6,9 @@ with -9 loses nothing. Its *lease* is the PEL entry's idle time: the holder
 resets it every few hundred ms (``renew``), and any worker may take a unit over
 with XAUTOCLAIM once it has been idle longer than the lease (``claim_stale``).
 
-Two Lua scripts make the owner checks atomic, because a plain
+The group operations go through ``ConsumerGroup`` (the policy workers' request
+leases use the same object). Its ``renew`` and this module's ``requeue`` are
+Lua scripts that check the owner atomically, because a plain
 ``XCLAIM ... 0 JUSTID`` would steal a unit back from the worker that legally
 took it over after our lease lapsed (a long GC pause, a stalled VM), and
 both would then run it. Results are write-once per episode anyway, so that
@@ -32,21 +34,30 @@ from typing import Any
 
 import redis
 
-from arena_eval.broker import streams
+from arena_eval.broker.constants import F_COUNT, F_JOB, F_START, SIM_GROUP
+from arena_eval.broker.consumer_group import ConsumerGroup
 from arena_eval.broker.fields import as_text
-from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.keys import Keys
 
-F_JOB = "job"
-F_START = "start"
-F_COUNT = "count"
-
-# KEYS[1] units stream; ARGV: group, entry id, consumer. 1 if still ours (lease renewed).
-_RENEW = """
-local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #p == 0 or p[1][2] ~= ARGV[3] then return 0 end
-redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
-return 1
-"""
+__all__ = [
+    "F_COUNT",
+    "F_JOB",
+    "F_START",
+    "WorkUnit",
+    "claim_stale",
+    "deliveries",
+    "drop_job_units",
+    "enqueue",
+    "ensure_units_group",
+    "finish",
+    "iter_units",
+    "leave_group",
+    "read_new",
+    "renew",
+    "requeue",
+    "split_shards",
+    "unit_group",
+]
 
 # KEYS[1] units stream; ARGV: group, entry id, consumer, then the unit's fields.
 # Puts a copy at the tail of the stream and retires the original, if still ours.
@@ -102,19 +113,20 @@ def enqueue(pipe: Any, keys: Keys, job_id: str, shards: list[tuple[int, int]]) -
         pipe.xadd(keys.units(), WorkUnit(job_id, start, count).fields())
 
 
+def unit_group(r: redis.Redis, keys: Keys, consumer: str) -> ConsumerGroup:
+    """``consumer`` in the sim workers' group on the units stream."""
+    return ConsumerGroup(r, [keys.units()], SIM_GROUP, consumer)
+
+
 def ensure_units_group(r: redis.Redis, keys: Keys) -> None:
     """Create the sim workers' consumer group (idempotent)."""
-    streams.ensure_group(r, keys.units(), SIM_GROUP)
+    unit_group(r, keys, "").create()
 
 
 def read_new(r: redis.Redis, keys: Keys, consumer: str, block_ms: int) -> list[WorkUnit | str]:
     """XREADGROUP one new entry: a unit, or its bare id if the entry is garbage."""
-    resp: Any = r.xreadgroup(SIM_GROUP, consumer, {keys.units(): ">"}, count=1, block=block_ms)
-    out: list[WorkUnit | str] = []
-    for _stream, entries in resp or []:
-        for entry_id, fields in entries:
-            out.append(WorkUnit.from_entry(entry_id, fields or {}) or as_text(entry_id))
-    return out
+    entries = unit_group(r, keys, consumer).read(1, block_ms)
+    return [WorkUnit.from_entry(e.entry_id, e.fields) or as_text(e.entry_id) for e in entries]
 
 
 def claim_stale(
@@ -122,19 +134,17 @@ def claim_stale(
 ) -> tuple[list[WorkUnit | str], list[str]]:
     """XAUTOCLAIM units whose lease lapsed: (units or garbage ids, ids deleted meanwhile).
 
-    ``raw`` should be a ``raw_client``: the reply differs between Redis 6.2 and 7
-    and ``streams.autoclaim`` parses it.
+    ``raw`` should be a ``streams.raw_client`` (any client works, at the cost of
+    building one per call): the reply differs between Redis 6.2 and 7.
     """
-    claimed, deleted = streams.autoclaim_scan(
-        raw, keys.units(), SIM_GROUP, consumer, min_idle_ms, count
-    )
+    claimed, deleted = unit_group(raw, keys, consumer).autoclaim(keys.units(), min_idle_ms, count)
     found = [WorkUnit.from_entry(eid, fields) or as_text(eid) for eid, fields in claimed]
     return found, [as_text(e) for e in deleted]
 
 
 def renew(r: redis.Redis, keys: Keys, entry_id: str, consumer: str) -> bool:
     """Reset the lease on a unit we hold; False if it is no longer ours (taken over, done)."""
-    return bool(r.eval(_RENEW, 1, keys.units(), SIM_GROUP, entry_id, consumer))
+    return bool(unit_group(r, keys, consumer).renew(keys.units(), [entry_id]))
 
 
 def requeue(r: redis.Redis, keys: Keys, unit: WorkUnit, consumer: str) -> bool:
@@ -149,18 +159,13 @@ def requeue(r: redis.Redis, keys: Keys, unit: WorkUnit, consumer: str) -> bool:
 
 def deliveries(r: redis.Redis, keys: Keys, entry_id: str) -> int:
     """How often a unit was handed out (first read plus takeovers; lease renewals don't count)."""
-    rows = r.xpending_range(keys.units(), SIM_GROUP, min=entry_id, max=entry_id, count=1)
-    return int(rows[0]["times_delivered"]) if rows else 0
+    rows = unit_group(r, keys, "").pending(keys.units(), [entry_id])
+    return rows[0].deliveries if rows else 0
 
 
 def finish(r: redis.Redis, keys: Keys, *entry_ids: str) -> None:
     """Acknowledge and delete units (done, dropped, or garbage) in one round trip."""
-    if not entry_ids:
-        return
-    pipe = r.pipeline(transaction=False)
-    pipe.xack(keys.units(), SIM_GROUP, *entry_ids)
-    pipe.xdel(keys.units(), *entry_ids)
-    pipe.execute()
+    unit_group(r, keys, "").ack_and_delete(keys.units(), entry_ids)
 
 
 def iter_units(r: redis.Redis, keys: Keys, page: int = 1000) -> Iterator[WorkUnit]:
@@ -191,11 +196,4 @@ def drop_job_units(r: redis.Redis, keys: Keys, job_id: str) -> int:
 
 def leave_group(r: redis.Redis, keys: Keys, consumer: str) -> None:
     """Remove our consumer from the group if it holds nothing (clean exit; bounds XINFO)."""
-    try:
-        pending = r.xpending_range(
-            keys.units(), SIM_GROUP, min="-", max="+", count=1, consumername=consumer
-        )
-        if not pending:
-            r.xgroup_delconsumer(keys.units(), SIM_GROUP, consumer)
-    except redis.ResponseError:
-        pass
+    unit_group(r, keys, consumer).leave()
