@@ -13,11 +13,11 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.policy_worker.builtins.simple import ZeroPolicy
@@ -114,10 +114,10 @@ def test_a_task_of_an_entry_point_adapter_runs_through_a_pool(
     worker = PolicyWorker("toy-pool", ZeroPolicy(action_shape="3x1"), settings, max_wait_ms=0.5)
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    episodes: list[Any] = []
+    episodes: list[EpisodeResult] = []
     flushes: list[RolloutStats] = []
 
-    def sink(batch: list[Any], stats: RolloutStats) -> None:
+    def sink(batch: list[EpisodeResult], stats: RolloutStats) -> None:
         episodes.extend(batch)
         flushes.append(stats)
 
@@ -134,17 +134,12 @@ def test_a_task_of_an_entry_point_adapter_runs_through_a_pool(
         worker.stop()
         thread.join(10)
     assert finished == 6
-    by_index = {_get(e, "index"): e for e in episodes}
+    by_index = {e.index: e for e in episodes}
     assert sorted(by_index) == list(range(6))
     for i, e in by_index.items():
-        assert _get(e, "length") == 10 - (100 + i) % 5  # the plugin's own dynamics ran
-        assert _get(e, "success") is True
+        assert e.length == 10 - (100 + i) % 5  # the plugin's own dynamics ran
+        assert e.success is True
     assert sum(f.requests for f in flushes) > 0  # actions came from the pool
-
-
-def _get(episode: Any, name: str) -> Any:
-    """A field of an episode result, whether a mapping or an object with attributes."""
-    return episode[name] if isinstance(episode, dict) else getattr(episode, name)
 
 
 def test_unknown_task_lists_the_plugin_syntax_and_a_broken_entry_point(site: Path) -> None:

@@ -25,6 +25,7 @@ import redis
 from typer.testing import CliRunner, Result
 
 from arena_eval.broker import fleet, jobs, results
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
@@ -48,11 +49,11 @@ def run_cli(settings: RedisSettings, *args: str, **env: str) -> subprocess.Compl
     )  # fmt: skip
 
 
-def episode(i: int, success: bool = True, finished_at: float = 1.0e9) -> dict[str, object]:
-    return {
-        "index": i, "seed": i, "success": success, "return": 1.0, "length": 5,
-        "metrics": {"obj": 0.5}, "worker": "w", "wall_s": 0.1, "finished_at": finished_at,
-    }  # fmt: skip
+def episode(i: int, success: bool = True, finished_at: float = 1.0e9) -> EpisodeResult:
+    return EpisodeResult(
+        index=i, seed=i, success=success, return_=1.0, length=5,
+        metrics={"obj": 0.5}, worker="w", wall_s=0.1, finished_at=finished_at,
+    )  # fmt: skip
 
 
 def new_job(r: redis.Redis, keys: Keys, episodes: int = 3, **spec: object) -> str:

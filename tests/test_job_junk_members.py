@@ -15,6 +15,7 @@ import redis
 from typer.testing import CliRunner, Result
 
 from arena_eval.broker import jobs, results
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.jobs import JobSpec
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
@@ -32,10 +33,10 @@ def invoke(settings: RedisSettings, *args: str) -> Result:
 
 def finished_job(r: redis.Redis, keys: Keys) -> str:
     job_id = jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="p", episodes=1))
-    episode = {
-        "index": 0, "seed": 0, "success": True, "return": 1.0, "length": 5, "metrics": {},
-        "worker": "w", "wall_s": 0.1, "finished_at": time.time(),
-    }  # fmt: skip
+    episode = EpisodeResult(
+        index=0, seed=0, success=True, return_=1.0, length=5, metrics={},
+        worker="w", wall_s=0.1, finished_at=time.time(),
+    )  # fmt: skip
     results.record(r, keys, job_id, "w", time.time(), [episode], {"steps": 5}, {})
     return job_id
 

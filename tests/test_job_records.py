@@ -14,6 +14,7 @@ import redis
 from typer.testing import CliRunner
 
 from arena_eval.broker import jobs, results, streams, units
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.jobs import JobNotFound, JobSpec, JobState
 from arena_eval.broker.keys import SIM_GROUP, Keys
@@ -28,11 +29,11 @@ def cli_env(settings: RedisSettings) -> dict[str, str]:
     return {"ARENA_REDIS_URL": settings.url or "", "ARENA_PREFIX": settings.prefix}
 
 
-def episode(i: int, success: bool, length: int = 10, **metrics: float) -> dict[str, object]:
-    return {
-        "index": i, "seed": 100 + i, "success": success, "return": float(length), "length": length,
-        "metrics": dict(metrics), "worker": "w", "wall_s": 0.1, "finished_at": 1.0e9,
-    }  # fmt: skip
+def episode(i: int, success: bool, length: int = 10, **metrics: float) -> EpisodeResult:
+    return EpisodeResult(
+        index=i, seed=100 + i, success=success, return_=float(length), length=length,
+        metrics=dict(metrics), worker="w", wall_s=0.1, finished_at=1.0e9,
+    )  # fmt: skip
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -161,8 +162,8 @@ def test_results_write_once_and_completion(r: redis.Redis, keys: Keys) -> None:
     # once more: nothing new, and the job does not "complete" twice
     assert results.record(r, keys, job_id, "w2", now, again, {}, {}) == (0, False)
     stored = results.read_results(r, keys, job_id)
-    assert [e["index"] for e in stored] == [0, 1, 2]
-    assert stored[1]["length"] == 20  # the first write wins
+    assert [e.index for e in stored] == [0, 1, 2]
+    assert stored[1].length == 20  # the first write wins
     stats = results.read_stats(r, keys, job_id)
     assert stats["episodes"] == "3" and stats["successes"] == "2" and stats["length_sum"] == "42"
     assert stats["steps"] == "141"  # work counters include re-runs, by design

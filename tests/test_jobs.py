@@ -24,6 +24,7 @@ import redis
 from typer.testing import CliRunner
 
 from arena_eval.broker import fleet, jobs, pool, results, status, units
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import SIM_GROUP, Keys
 from arena_eval.broker.settings import RedisSettings
@@ -89,7 +90,7 @@ def wait_terminal(
 
 
 def outcomes(r: redis.Redis, keys: Keys, job_id: str) -> list[tuple[int, bool, int]]:
-    return [(e["index"], e["success"], e["length"]) for e in results.read_results(r, keys, job_id)]
+    return [(e.index, e.success, e.length) for e in results.read_results(r, keys, job_id)]
 
 
 def assert_exactly_once(r: redis.Redis, keys: Keys, job_id: str, n: int) -> None:
@@ -188,7 +189,7 @@ def test_kill_9_of_a_sim_worker_mid_unit(
     assert job.state is JobState.COMPLETED, job.reason
     assert_exactly_once(r, keys, job_id, 24)
     start, end = (int(x) for x in target["unit"].split("-"))
-    writers = {e["worker"] for e in results.read_results(r, keys, job_id)[start:end]}
+    writers = {e.worker for e in results.read_results(r, keys, job_id)[start:end]}
     assert target["worker_id"] in writers  # it had stored some episodes of the unit ...
     assert len(writers) == 2  # ... and the survivor took the unit over and ran the rest
 
@@ -298,9 +299,9 @@ def test_retried_unit_skips_stored_episodes_and_burst_exits(
     try:
         job_id = jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="zero1", episodes=4))
         # episode 2 was stored by an earlier holder of the unit, which then died
-        earlier = {"index": 2, "seed": 2, "success": False, "return": 1.0, "length": 999,
-                   "metrics": {}, "worker": "earlier", "wall_s": 0.0,
-                   "finished_at": 0.0}  # fmt: skip
+        earlier = EpisodeResult(index=2, seed=2, success=False, return_=1.0, length=999,
+                                metrics={}, worker="earlier", wall_s=0.0,
+                                finished_at=0.0)  # fmt: skip
         results.record(r, keys, job_id, "earlier", time.time(), [earlier], {}, {})
         handled = SimWorker(settings, num_envs=2, block_ms=100).run(burst=True)
     finally:
@@ -309,9 +310,9 @@ def test_retried_unit_skips_stored_episodes_and_burst_exits(
     assert handled == 1
     assert jobs.get_job(r, keys, job_id).state is JobState.COMPLETED
     stored = results.read_results(r, keys, job_id)
-    assert [e["worker"] == "earlier" for e in stored] == [False, False, True, False]
+    assert [e.worker == "earlier" for e in stored] == [False, False, True, False]
     stats = results.read_stats(r, keys, job_id)
-    ran = sum(e["length"] for e in stored if e["worker"] != "earlier")
+    ran = sum(e.length for e in stored if e.worker != "earlier")
     assert int(stats["steps"]) == ran  # episode 2 was not run again
 
 

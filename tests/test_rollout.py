@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.policy_worker.builtins.simple import ZeroPolicy
 from arena_eval.policy_worker.server import PolicyWorker
@@ -39,11 +40,11 @@ def client(settings: RedisSettings, r: redis.Redis) -> Iterator[PolicyClient]:
 
 def rollout(
     client: PolicyClient, num_envs: int, indices: list[int], **kwargs: Any
-) -> tuple[list[dict[str, Any]], list[RolloutStats]]:
-    episodes: list[dict[str, Any]] = []
+) -> tuple[list[EpisodeResult], list[RolloutStats]]:
+    episodes: list[EpisodeResult] = []
     flushes: list[RolloutStats] = []
 
-    def sink(batch: list[dict[str, Any]], stats: RolloutStats) -> None:
+    def sink(batch: list[EpisodeResult], stats: RolloutStats) -> None:
         episodes.extend(batch)
         flushes.append(stats)
 
@@ -53,18 +54,18 @@ def rollout(
             env, ChunkedPolicy(client, num_envs), job_id="j", indices=indices,
             seed_of=lambda i: 1000 + i, on_episodes=sink, worker="w", **kwargs,
         )  # fmt: skip
-    return sorted(episodes, key=lambda e: e["index"]), flushes
+    return sorted(episodes, key=lambda e: e.index), flushes
 
 
 def test_results_depend_only_on_the_seed(client: PolicyClient) -> None:
     one, _ = rollout(client, 1, list(range(7)))
     three, flushes = rollout(client, 3, list(reversed(range(7))))
-    assert [e["index"] for e in one] == list(range(7))
-    assert [e["seed"] for e in one] == [1000 + i for i in range(7)]
-    assert [(e["length"], e["return"]) for e in one] == [(e["length"], e["return"]) for e in three]
-    assert len({e["length"] for e in one}) > 1  # seeds really differ
+    assert [e.index for e in one] == list(range(7))
+    assert [e.seed for e in one] == [1000 + i for i in range(7)]
+    assert [(e.length, e.return_) for e in one] == [(e.length, e.return_) for e in three]
+    assert len({e.length for e in one}) > 1  # seeds really differ
     steps = sum(f.steps for f in flushes)
-    assert steps == sum(e["length"] for e in three)  # idle slots are not counted
+    assert steps == sum(e.length for e in three)  # idle slots are not counted
     requests = sum(f.requests for f in flushes)
     assert 0 < requests < steps  # 4-step chunks: far fewer requests than steps
     assert sum(f.hist.total for f in flushes) == requests
@@ -73,8 +74,8 @@ def test_results_depend_only_on_the_seed(client: PolicyClient) -> None:
 
 def test_max_steps_truncates_and_stop_aborts(client: PolicyClient) -> None:
     short, _ = rollout(client, 2, [0, 1, 2], max_steps=3)
-    assert [e["length"] for e in short] == [3, 3, 3]
-    assert not any(e["success"] for e in short)
+    assert [e.length for e in short] == [3, 3, 3]
+    assert not any(e.success for e in short)
     calls = {"n": 0}
 
     def stop_after_two_steps() -> bool:

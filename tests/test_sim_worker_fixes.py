@@ -47,7 +47,7 @@ def _episodes(r: redis.Redis, keys: Keys, job_id: str) -> int:
 
 def _completed_once(r: redis.Redis, keys: Keys, job_id: str, n: int) -> None:
     assert _state(r, keys, job_id) is JobState.COMPLETED, jobs.get_job(r, keys, job_id).reason
-    assert [e["index"] for e in results.read_results(r, keys, job_id)] == list(range(n))
+    assert [e.index for e in results.read_results(r, keys, job_id)] == list(range(n))
     assert _episodes(r, keys, job_id) == n
     assert not [u for u in units.iter_units(r, keys) if u.job_id == job_id]
 

@@ -8,7 +8,9 @@ MULTI/EXEC, so a job is never visible without its units or vice versa.
 
 State changes go through one Lua script, because several sim workers and a
 user's ``cancel`` race on the same record: a terminal state (completed,
-failed, cancelled) is final, whoever comes second. States are stored as
+failed, cancelled) is final, whoever comes second. Completion is the same
+script with a guard (every episode has a result), queued by the result store
+right after the results it writes (``queue_completion``). States are stored as
 readable strings so ``redis-cli HGET 'arena:job:{ID}' state`` tells the truth.
 
 Job records are kept after the job ends: they *are* the results. ``prune``
@@ -28,6 +30,7 @@ from enum import Enum
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from arena_eval.broker.errors import ArenaEvalError, ConfigError
 from arena_eval.broker.fields import as_text
@@ -67,8 +70,10 @@ class JobState(str, Enum):
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 TERMINAL_LUA = "{" + ", ".join(f"['{s.value}'] = true" for s in TERMINAL) + "}"
 
-# KEYS[1] job hash; ARGV: new state, reason, now, allowed from-states ('' = any non-terminal).
-# Returns 1 if changed, 0 if refused (terminal, or not in an allowed state), -1 if no such job.
+# KEYS[1] job hash, KEYS[2] its results hash (read only with the guard). ARGV: new state, reason,
+# now, allowed from-states ('' = any non-terminal), guard: '' or 'all_results' (move only once
+# every episode has a result: HLEN(results) >= total > 0).
+# Returns 1 if changed, 0 if refused (terminal, not in an allowed state, guard unmet), -1 if no job.
 _TRANSITION = f"""
 local terminal = {TERMINAL_LUA}
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -77,12 +82,20 @@ if terminal[cur] then return 0 end
 if ARGV[4] ~= '' and not string.find(',' .. ARGV[4] .. ',', ',' .. cur .. ',', 1, true) then
   return 0
 end
+if ARGV[5] == 'all_results' then
+  local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0') or 0
+  if total <= 0 or redis.call('HLEN', KEYS[2]) < total then return 0 end
+end
 if cur == ARGV[1] and redis.call('HGET', KEYS[1], 'reason') == ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'reason', ARGV[2])
-if ARGV[1] == 'running' then redis.call('HSETNX', KEYS[1], 'started', ARGV[3]) end
+if ARGV[1] == 'running' or ARGV[1] == 'completed' then
+  redis.call('HSETNX', KEYS[1], 'started', ARGV[3])
+end
 if terminal[ARGV[1]] then redis.call('HSET', KEYS[1], 'finished', ARGV[3]) end
 return 1
 """
+#: The guard that completes a job only once every episode has a result.
+ALL_RESULTS = "all_results"
 
 
 @dataclass(frozen=True)
@@ -260,13 +273,37 @@ def transition(
     only_from: tuple[JobState, ...] = (),
 ) -> bool:
     """Move a job to ``state`` unless it is terminal (or not in ``only_from``); True if moved."""
-    allowed = ",".join(s.value for s in only_from)
-    rc = int(
-        r.eval(_TRANSITION, 1, keys.job(job_id), state.value, reason, repr(time.time()), allowed)
-    )
+    rc = int(r.eval(_TRANSITION, 2, *_transition_args(keys, job_id, state, reason, only_from)))
     if rc < 0:
         raise JobNotFound(f"no job {job_id}; `arena-eval jobs` lists jobs")
     return rc == 1
+
+
+def queue_completion(r: redis.Redis, pipe: Pipeline, keys: Keys, job_id: str, now: float) -> None:
+    """Queue on ``pipe`` the move to completed, guarded: it happens only once every episode of
+    the job has a result, and only once (its reply is 1 for the call that completed the job).
+
+    ``results.record`` queues it right after the episodes it stores, in the same round trip,
+    so completion goes through the one transition script like every other state change.
+    """
+    args = _transition_args(keys, job_id, JobState.COMPLETED, "", (), now=now, guard=ALL_RESULTS)
+    r.register_script(_TRANSITION)(keys=args[:2], args=args[2:], client=pipe)
+
+
+def _transition_args(
+    keys: Keys,
+    job_id: str,
+    state: JobState,
+    reason: str,
+    only_from: tuple[JobState, ...],
+    *,
+    now: float | None = None,
+    guard: str = "",
+) -> list[str]:
+    """KEYS then ARGV of the transition script."""
+    allowed = ",".join(s.value for s in only_from)
+    when = repr(time.time() if now is None else now)
+    return [keys.job(job_id), keys.job_results(job_id), state.value, reason, when, allowed, guard]
 
 
 def mark_waiting(r: redis.Redis, keys: Keys, job_id: str, reason: str) -> bool:

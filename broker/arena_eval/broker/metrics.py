@@ -13,8 +13,9 @@ Why these choices:
   geometric midpoint, within about 9 % of the true quantile; good enough to
   tell 0.5 ms from 5 ms, which is what an operator asks.
 
-Everything here is pure arithmetic on plain data (no Redis, no numpy), so the
-CLI, the sim worker and the tests share one definition of every figure.
+Everything here is pure arithmetic on plain data (no Redis, no numpy): counters,
+and episodes as :class:`~arena_eval.broker.episode.EpisodeResult`, so the CLI,
+the sim worker and the tests share one definition of every figure.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from arena_eval.broker.episode import EpisodeResult
 
 #: z for a two-sided 95 % interval.
 Z_95 = 1.959963984540054
@@ -123,33 +126,27 @@ def ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Job metrics from finished-episode results (the dicts stored per episode).
+def summarize_episodes(episodes: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """Job metrics from finished-episode results.
 
     ``success_rate`` is the mean over finished episodes of the success flag at
     termination; ``num_episodes`` counts finished episodes; ``metric_means``
     holds, per task metric key, the mean over episodes that reported it.
     """
     n = len(episodes)
-    successes = sum(1 for e in episodes if e.get("success"))
+    successes = sum(1 for e in episodes if e.success)
     low, high = wilson_interval(successes, n)
-    keys = sorted({k for e in episodes for k in (e.get("metrics") or {})})
+    keys = sorted({k for e in episodes for k in e.metrics})
     return {
         "num_episodes": n,
         "successes": successes,
         "success_rate": ratio(successes, n),
         "wilson_low": low,
         "wilson_high": high,
-        "mean_length": mean(float(e["length"]) for e in episodes),
-        "mean_return": mean(_num(e.get("return")) for e in episodes),
-        "metric_means": {
-            k: mean(_num((e.get("metrics") or {}).get(k)) for e in episodes) for k in keys
-        },
+        "mean_length": mean(float(e.length) for e in episodes),
+        "mean_return": mean(e.return_ for e in episodes),
+        "metric_means": {k: mean(e.metrics.get(k) for e in episodes) for k in keys},
     }
-
-
-def _num(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def summarize_stats(stats: Mapping[str, Any], elapsed_s: float | None) -> dict[str, Any]:

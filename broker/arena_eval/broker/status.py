@@ -95,7 +95,7 @@ def results_report(
         "reason": job.reason,
         "spec": job.spec,
         "metrics": summarize_episodes(episodes),
-        "episodes": episodes,
+        "episodes": [e.to_dict() for e in episodes],
     }
 
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from arena_eval.broker.episode import EpisodeResult, finite
 from arena_eval.broker.jobs import JobSpec
 from arena_eval.broker.metrics import SUM_PREFIX, TIMING_FIELDS, LatencyHistogram
-from arena_eval.broker.results import finite
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.envs.base import VectorEnv
@@ -86,7 +86,7 @@ class RolloutStats:
 
 
 #: Called with (finished episode results, stats since the last call).
-EpisodeSink = Callable[[list[dict[str, Any]], RolloutStats], None]
+EpisodeSink = Callable[[list[EpisodeResult], RolloutStats], None]
 
 
 class _Slots:
@@ -123,22 +123,22 @@ class _Slots:
             self.final[name][seen] = values[seen]
             self.peak[name][seen] = np.fmax(self.peak[name][seen], values[seen])
 
-    def result(self, k: int, success: bool, worker: str, now: float) -> dict[str, Any]:
+    def result(self, k: int, success: bool, worker: str, now: float) -> EpisodeResult:
         metrics: dict[str, float | None] = {}
         for name in sorted(self.final):
             metrics[name] = finite(self.final[name][k])
             metrics[f"max_{name}"] = finite(self.peak[name][k])
-        return {
-            "index": int(self.index[k]),
-            "seed": int(self.seed[k]),
-            "success": success,
-            "return": finite(self.ret[k]),
-            "length": int(self.length[k]),
-            "metrics": metrics,
-            "worker": worker,
-            "wall_s": round(now - float(self.started[k]), 4),
-            "finished_at": now,
-        }
+        return EpisodeResult(
+            index=int(self.index[k]),
+            seed=int(self.seed[k]),
+            success=success,
+            return_=finite(self.ret[k]),
+            length=int(self.length[k]),
+            metrics=metrics,
+            worker=worker,
+            wall_s=round(now - float(self.started[k]), 4),
+            finished_at=now,
+        )
 
 
 def run_episodes(
@@ -155,9 +155,8 @@ def run_episodes(
 ) -> int:
     """Run episodes ``indices`` on ``env``; return how many finished (stops early on request).
 
-    Each result goes to ``on_episodes`` as the dict described in
-    ``broker/results.py``. ``should_stop`` is polled once per step (keep it
-    cheap: an Event, not a Redis call).
+    Each result goes to ``on_episodes`` as an ``EpisodeResult`` (``broker/episode.py``).
+    ``should_stop`` is polled once per step (keep it cheap: an Event, not a Redis call).
     """
     todo = deque(indices)
     if not todo:
