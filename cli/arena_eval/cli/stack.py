@@ -63,16 +63,30 @@ class Child:
 
 @dataclass
 class LocalStack:
-    """Start, supervise and stop a local fabric."""
+    """Start, supervise and stop a local fabric.
+
+    The fields below are the stack's own knobs, with their one default (``up`` and
+    ``demo`` show and use them). Worker knobs are ``None`` unless the user set
+    them: a child is then started without the option, and runs with its config's
+    default (``SimWorkerConfig``, ``PolicyWorkerConfig``) -- a stack never writes
+    a worker default a second time.
+    """
 
     settings: RedisSettings
+    #: Pool the policy workers serve; no policy workers without it (and ``policy``).
     pool: str | None = None
+    #: Policy for ``pool``: a built-in name or ``module:Class``.
     policy: str | None = None
+    #: Policy arguments as ``KEY=VALUE`` strings.
     policy_args: Sequence[str] = ()
+    #: Policy worker processes for ``pool``.
     policy_workers: int = 1
+    #: Sim worker processes.
     sim_workers: int = 2
+    #: Env slots per sim worker (``sim serve --num-envs``); None: the worker's default.
     num_envs: int | None = None
-    max_wait_ms: float = 5.0
+    #: Batch window of the policy workers (``policy serve --max-wait-ms``); None: theirs.
+    max_wait_ms: float | None = None
     log_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
     started_redis: bool = False
@@ -89,18 +103,25 @@ class LocalStack:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if self.started_redis:
             self._start_guard(resolve_home(self.settings.home), logs / f"{stamp}-redis-guard.log")
+        for name, args in self.planned():
+            self._spawn(name, args, logs / f"{stamp}-{name}.log")
+
+    def planned(self) -> list[tuple[str, list[str]]]:
+        """Each child's name and ``arena-eval`` arguments: the policy workers, then the sims.
+        Only the worker options the user set are passed; the rest are the workers' defaults."""
+        children = []
         if self.pool and self.policy:
-            for i in range(self.policy_workers):
-                args = ["policy", "serve", "--pool", self.pool, "--policy", self.policy,
-                        "--max-wait-ms", str(self.max_wait_ms)]  # fmt: skip
-                for item in self.policy_args:
-                    args += ["--policy-arg", item]
-                self._spawn(f"policy-{i}", args, logs / f"{stamp}-policy-{i}.log")
-        for i in range(self.sim_workers):
-            args = ["sim", "serve"]
-            if self.num_envs:
-                args += ["--num-envs", str(self.num_envs)]
-            self._spawn(f"sim-{i}", args, logs / f"{stamp}-sim-{i}.log")
+            args = ["policy", "serve", "--pool", self.pool, "--policy", self.policy]
+            if self.max_wait_ms is not None:
+                args += ["--max-wait-ms", str(self.max_wait_ms)]
+            for item in self.policy_args:
+                args += ["--policy-arg", item]
+            children += [(f"policy-{i}", list(args)) for i in range(self.policy_workers)]
+        args = ["sim", "serve"]
+        if self.num_envs is not None:
+            args += ["--num-envs", str(self.num_envs)]
+        children += [(f"sim-{i}", list(args)) for i in range(self.sim_workers)]
+        return children
 
     def _start_redis(self) -> str:
         if self.settings.url is not None:

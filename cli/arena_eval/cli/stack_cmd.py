@@ -3,12 +3,16 @@
 Both hand off to ``arena_eval.cli.stack.LocalStack``; ``demo`` then submits the
 README's job, shows its progress and prints the results table. SIGTERM and
 SIGHUP (the terminal closed) stop the stack like Ctrl-C; a demo stopped early
-cancels its own job, so no worker keeps running it.
+cancels its own job, so no worker keeps running it. Option defaults are the
+stack's (``LocalStack``) and the workers' (``SimWorkerConfig``): none is written
+here a second time, and a worker option the user did not set is not passed on.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import redis
 import typer
@@ -18,6 +22,7 @@ from arena_eval.broker.connection import connect
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
+from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.signals import interrupt_on_signals
 from arena_eval.broker.status import results_report
 from arena_eval.cli.common import (
@@ -30,13 +35,17 @@ from arena_eval.cli.common import (
 )
 from arena_eval.cli.job_run_cmd import print_results, wait_with_progress
 from arena_eval.cli.stack import LocalStack
+from arena_eval.sim_worker.config import SimWorkerConfig
 
 DEMO_TASK = "door-open-v3"
 DEMO_POOL = "demo-door"
 
 
 def up_cmd(
-    sim_workers: int = typer.Option(2, "--sim-workers", min=0, help="Sim worker processes."),
+    ctx: typer.Context,
+    sim_workers: int = typer.Option(
+        LocalStack.sim_workers, "--sim-workers", min=0, help="Sim worker processes."
+    ),
     pool: str | None = typer.Option(
         None, "--pool", help="Also start policy workers serving this pool (needs --policy)."
     ),
@@ -47,19 +56,25 @@ def up_cmd(
         [], "--policy-arg", help="Policy argument KEY=VALUE; repeat for more."
     ),
     policy_workers: int = typer.Option(
-        1, "--policy-workers", min=1, help="Policy worker processes for --pool."
+        LocalStack.policy_workers,
+        "--policy-workers",
+        min=1,
+        help="Policy worker processes for --pool.",
     ),
-    num_envs: int | None = typer.Option(None, "--num-envs", min=1, help="Env slots per sim."),
+    num_envs: int | None = typer.Option(
+        None,
+        "--num-envs",
+        min=1,
+        help="Env slots per sim.",
+        show_default=f"the sim worker's, {SimWorkerConfig.num_envs}",
+    ),
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """Start Redis (embedded unless --redis-url), workers; supervise until Ctrl-C."""
     if bool(pool) != bool(policy):
         raise typer.BadParameter("--pool and --policy go together")
     settings = settings_for(redis_url)
-    stack = LocalStack(
-        settings, pool=pool, policy=policy, policy_args=policy_arg,
-        policy_workers=policy_workers, sim_workers=sim_workers, num_envs=num_envs,
-    )  # fmt: skip
+    stack = up_stack(settings, ctx.params)
     with interrupt_on_signals("stopping the stack in order"):
         try:
             with console.status("starting workers...", spinner="dots"):
@@ -80,6 +95,23 @@ def up_cmd(
             stack.stop()
 
 
+def up_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStack:
+    """The stack ``up`` starts for its parsed options (``None``: the workers' own default)."""
+    return LocalStack(
+        settings, pool=options["pool"], policy=options["policy"],
+        policy_args=options["policy_arg"], policy_workers=options["policy_workers"],
+        sim_workers=options["sim_workers"], num_envs=options["num_envs"],
+    )  # fmt: skip
+
+
+def demo_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStack:
+    """The stack ``demo`` starts for its parsed options: a pool serving the scripted expert."""
+    return LocalStack(
+        settings, pool=DEMO_POOL, policy="metaworld-expert", policy_args=[f"task={DEMO_TASK}"],
+        sim_workers=options["sim_workers"], num_envs=options["num_envs"],
+    )  # fmt: skip
+
+
 def _cancel_demo_job(r: redis.Redis, keys: Keys, job_id: str) -> None:
     """The demo's job belongs to the demo: stopping the demo cancels it, and says so."""
     try:
@@ -96,19 +128,21 @@ def _cancel_demo_job(r: redis.Redis, keys: Keys, job_id: str) -> None:
 
 
 def demo_cmd(
+    ctx: typer.Context,
     episodes: int = typer.Option(50, "--episodes", min=1, help="Episodes to evaluate."),
-    sim_workers: int = typer.Option(2, "--sim-workers", min=1, help="Sim worker processes."),
-    num_envs: int = typer.Option(4, "--num-envs", min=1, help="Env slots per sim worker."),
+    sim_workers: int = typer.Option(
+        LocalStack.sim_workers, "--sim-workers", min=1, help="Sim worker processes."
+    ),
+    num_envs: int = typer.Option(
+        SimWorkerConfig.num_envs, "--num-envs", min=1, help="Env slots per sim worker."
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="Episode i is reset with seed SEED+i."),
     json_out: bool = JSON_OPTION,
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """Evaluate Meta-World door-open-v3 with the scripted expert, end to end."""
     settings = settings_for(redis_url)
-    stack = LocalStack(
-        settings, pool=DEMO_POOL, policy="metaworld-expert", policy_args=[f"task={DEMO_TASK}"],
-        sim_workers=sim_workers, num_envs=num_envs,
-    )  # fmt: skip
+    stack = demo_stack(settings, ctx.params)
     r: redis.Redis | None = None
     job_id: str | None = None
     with interrupt_on_signals("stopping the stack in order"):
