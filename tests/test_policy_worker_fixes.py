@@ -18,7 +18,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from arena_eval.broker import jobs
+from arena_eval.broker import constants, jobs
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers, read_spec
@@ -26,7 +26,6 @@ from arena_eval.broker.protocol import F_DATA, F_RID
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.cli.app import app
-from arena_eval.policy_worker import entries
 from arena_eval.policy_worker.serve import build_worker
 from arena_eval.policy_worker.server import PolicyWorker
 from arena_eval.sim_worker.client import PolicyClient
@@ -150,20 +149,20 @@ def test_dead_letters_are_bounded_in_bytes_per_pool(
         )
 
     wait_until(all_written, 60, "every dead letter")
-    assert r.xlen(dead) <= entries.DEAD_STREAM_MAXLEN
+    assert r.xlen(dead) <= constants.DEAD_STREAM_MAXLEN
     letters = r.xrange(dead)
     for _id, fields in letters:
         size = sum(len(k) + len(v) for k, v in fields.items())
-        assert size <= entries.DEAD_ENTRY_MAX_BYTES, (size, list(fields)[:8])
+        assert size <= constants.DEAD_ENTRY_MAX_BYTES, (size, list(fields)[:8])
     bigs = [f for _id, f in letters if f.get(b"orig:rid", b"").startswith(b"big")]
     assert len(bigs) == large
     for fields in bigs:
-        assert fields[b"orig:d"] == big[: entries.DEAD_PAYLOAD_KEEP_BYTES]
+        assert fields[b"orig:d"] == big[: constants.DEAD_PAYLOAD_KEEP_BYTES]
         assert int(fields[b"orig:d:bytes"]) == len(big)
         assert fields[b"reason"]
     assert int(letters[-1][1][b"orig_fields"]) == 21
     usage = r.memory_usage(dead, samples=0)
-    assert usage is not None and usage <= entries.DEAD_STREAM_MAX_BYTES
+    assert usage is not None and usage <= constants.DEAD_STREAM_MAX_BYTES
 
 
 # -- defect 9: policy serve fails in one line, and says "serving" only once it serves ------

@@ -1,4 +1,4 @@
-"""The row cap: ``max_batch`` bounds the rows of every ``policy.infer`` call.
+"""The row cap: ``max_batch`` bounds the rows of every ``policy.infer`` call; the Batcher protocol.
 
 Why rows and not requests: a model's memory is sized for a number of rows
 (the CLI's help says "most rows per forward pass"), and one request may carry
@@ -14,17 +14,51 @@ rows become a 24-row forward pass. Two rules keep the cap exact and fair:
   something legal, and rows are independent as far as the serve loop knows
   (a policy that couples rows within a call could not be batched across sims
   either).
+
+``Batcher`` is what the serve loop asks of a batching policy (the default is
+``batcher.WindowBatcher``); it lives here, beside the cap every policy keeps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from arena_eval.policy_worker.entries import Pending, rows
 
-__all__ = ["infer_capped", "read_count", "take_rows", "total_rows"]
+__all__ = ["Batcher", "ReadMore", "infer_capped", "read_count", "take_rows", "total_rows"]
+
+ReadMore = Callable[[int], list[Pending]]
+
+
+class Batcher(Protocol):
+    """A batching policy (``batcher.py``); ``max_batch`` is the row cap it must respect."""
+
+    max_batch: int
+
+    def read_count(self, rows_in_hand: int) -> int:
+        """How many entries the next read should ask for, with ``rows_in_hand`` rows held."""
+        ...
+
+    def gather(
+        self, items: list[Pending], read_more: ReadMore, stopping: Callable[[], bool]
+    ) -> list[Pending]:
+        """Grow ``items`` (never empty) into one batch's candidates; ``read_more(count)``
+        reads without blocking. Return them in arrival order (``take`` cuts them)."""
+        ...
+
+    def take(self, items: list[Pending]) -> tuple[list[Pending], list[Pending]]:
+        """Split candidates into (this batch, the rest): the rest are first in the next.
+
+        The batch holds at least one item when ``items`` is not empty (``take_rows``).
+        """
+        ...
+
+    def served(self, batch: Sequence[Pending]) -> None:
+        """Called with each batch about to be inferred (to learn request sizes)."""
+        ...
 
 
 def total_rows(items: Sequence[Pending]) -> int:

@@ -14,13 +14,20 @@ liveness protocol every reader of a pool relies on, not a worker's choice.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.settings import RedisSettings
 
-__all__ = ["PolicyWorkerConfig"]
+if TYPE_CHECKING:
+    from arena_eval.policy_worker.batching import Batcher
+
+__all__ = ["BatcherFactory", "PolicyWorkerConfig"]
+
+#: Makes a worker's batching policy from its config: a ``Batcher`` class taking the config.
+BatcherFactory = Callable[["PolicyWorkerConfig"], "Batcher"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class PolicyWorkerConfig:
     #: A client that sent a request within this many seconds counts as active: the batch
     #: window closes early once every active client has a request in it.
     active_client_s: float = 1.0
+    #: The batching policy, a ``batcher.Batcher`` class taking this config;
+    #: None: ``batcher.WindowBatcher`` (the ``max_wait_ms`` window described above).
+    batcher: BatcherFactory | None = None
     #: Redis to serve on; None: ``RedisSettings.from_env()``.
     redis: RedisSettings | None = None
 

@@ -1,0 +1,75 @@
+"""Turning a request entry into an ``InferRequest``, or into the reason it cannot be served.
+
+Why apart from the loop: everything in an entry was written by someone who
+can write to the pool stream, so decoding is where distrust lives -- a reply
+key that is not a client reply stream, a shared-memory ticket naming another
+client's slot, a payload whose rid disagrees with the entry's, observations
+that do not match the pool's spec. Each ends as ``Pending.error`` (then a dead
+letter, and an error reply where the requester is known), never as an
+exception in the serve loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from arena_eval.broker import codec, shm
+from arena_eval.broker.constants import F_DATA, F_REPLY, F_RID, F_SHM
+from arena_eval.broker.errors import ArenaEvalError
+from arena_eval.broker.fields import as_text
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.protocol import InferRequest
+from arena_eval.broker.spec import PolicySpec
+from arena_eval.policy_worker.entries import Pending
+
+__all__ = ["decode", "over_delivered"]
+
+
+def decode(p: Pending, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> Pending:
+    """Fill ``p.rid``, ``p.reply`` and ``p.request`` (or ``p.error``); time it in ``decode_ms``."""
+    t0 = time.perf_counter()
+    p.rid = as_text(p.fields.get(F_RID))
+    p.reply = as_text(p.fields.get(F_REPLY))
+    try:
+        if p.reply and not keys.is_reply_stream(p.reply):
+            bad, p.reply = p.reply, ""  # never write to a key a request merely names
+            raise ArenaEvalError(f"reply key {bad[:200]!r} is not a client reply stream")
+        if F_SHM in p.fields:
+            # A ticket may only name a slot written by the client it answers to.
+            owner = keys.reply_stream_client(p.reply) if p.reply else None
+            if owner is None:
+                raise ArenaEvalError("a shared-memory ticket needs its client's reply stream")
+            p.ticket = shm.Ticket.from_wire(p.fields[F_SHM], client=owner)
+            payload: Any = reader.view(p.ticket)
+        elif F_DATA in p.fields:
+            payload = p.fields[F_DATA]
+        else:
+            raise ArenaEvalError(
+                f"entry has no payload field (fields: {sorted(as_text(k) for k in p.fields)})"
+            )
+        request = InferRequest.from_message(codec.loads(payload))
+        if p.rid and request.rid != p.rid:
+            raise ArenaEvalError("payload rid does not match the entry's rid field")
+        n_rows = spec.check_observations(request.obs)
+        if len(request.episode_ids) not in (0, n_rows):
+            raise ArenaEvalError(
+                f"{len(request.episode_ids)} episode ids for {n_rows} observation rows"
+            )
+        p.request = request
+    except ArenaEvalError as exc:
+        p.error = f"{type(exc).__name__}: {exc}"
+    p.decode_ms = (time.perf_counter() - t0) * 1e3
+    return p
+
+
+def over_delivered(p: Pending, keys: Keys, deliveries: int, max_deliveries: int) -> Pending:
+    """Mark a request handed out too often for dead-lettering, without decoding its payload."""
+    p.rid = as_text(p.fields.get(F_RID))
+    reply = as_text(p.fields.get(F_REPLY))
+    p.reply = reply if keys.is_reply_stream(reply) else ""
+    p.error = (
+        f"request delivered {deliveries} times without an answer "
+        f"(max {max_deliveries}): workers crashed or hung while serving it"
+    )
+    return p
