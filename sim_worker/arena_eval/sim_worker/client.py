@@ -1,11 +1,13 @@
 """PolicyClient: a simulation process's handle on a remote model pool.
 
-One ``infer`` call is one round trip. The request (``XADD``) and the wait for
-the answer (``XREAD BLOCK`` on the client's own reply stream) go out in a
-single write, so the fabric costs one client<->Redis round trip per request,
-like a direct socket. Large payloads take the same-host shared-memory path
-when a worker of the pool runs on this host (``broker/shm.py``); otherwise
-they travel inline through Redis, lz4-compressed when that pays.
+One ``infer`` call is one round trip. The request and the blocking read of the
+client's own reply stream go out in a single write, so the fabric costs one
+client<->Redis round trip per request, like a direct socket. The commands and
+the parsing of what comes back are the broker's (``broker/transport.py``): this
+module decides *when* to send, resend, wait and give up, never how a command
+or a reply looks on the wire. Large payloads take the same-host shared-memory
+path when a worker of the pool runs on this host (``broker/shm.py``);
+otherwise they travel inline through Redis, lz4-compressed when that pays.
 
 Failure handling, all inside ``infer``:
 
@@ -38,30 +40,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import codec, shm, shm_trust
+from arena_eval.broker import codec, shm, shm_trust, transport
 from arena_eval.broker.connection import connect
+from arena_eval.broker.constants import F_DATA, F_SHM, KIND_ERROR
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers, wait_for_pool
-from arena_eval.broker.protocol import (
-    F_DATA,
-    F_REPLY,
-    F_RID,
-    F_SHM,
-    KIND_ERROR,
-    InferRequest,
-    decode_reply,
-)
+from arena_eval.broker.protocol import InferRequest, decode_reply
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.broker.wire import Arg, DedicatedConnection, Parts, execute_chain
 
 #: Requests at least this large use shared memory when a local worker exists.
 SHM_MIN_BYTES = 64 * 1024
-#: Safety cap on a pool stream; normal operation deletes entries once answered.
-REQUEST_STREAM_MAXLEN = 10_000
 _ROUTE_REFRESH_S = 1.0
-#: A reply read may take the XREAD BLOCK time plus this before the link counts as dead.
+#: A reply read may take its BLOCK time plus this before the link counts as dead.
 _READ_MARGIN_S = 2.0
 _SLOTS = 2
 
@@ -229,13 +222,11 @@ class PolicyClient:
             commands: list[list[Arg]] = []
             if send:
                 commands.append(
-                    ["XADD", stream, "MAXLEN", "~", REQUEST_STREAM_MAXLEN, "*",
-                     F_RID, rid, F_REPLY, self.reply_key, field, value]
-                )  # fmt: skip
+                    transport.request_command(stream, rid, self.reply_key, field, value)
+                )
             commands.append(
-                ["XREAD", "COUNT", 16, "BLOCK", block_ms, "STREAMS",
-                 self.reply_key, self._last_reply_id]
-            )  # fmt: skip
+                transport.reply_read_command(self.reply_key, self._last_reply_id, block_ms)
+            )
             try:
                 # BLOCK is already capped by the deadline; the margin only runs out on a dead link
                 read_timeout = block_ms / 1000.0 + _READ_MARGIN_S
@@ -274,28 +265,24 @@ class PolicyClient:
     def _match(self, rid: str, response: Any) -> dict[str, Any] | None:
         if isinstance(response, ResponseError):
             raise ArenaEvalError(f"Redis error while waiting for the reply: {response}")
-        if not response:
-            return None
         found: dict[str, Any] | None = None
-        streams = response.items() if isinstance(response, dict) else response  # RESP3 / RESP2
-        for _stream, entries in streams:
-            for entry_id, fields in entries:
-                self._last_reply_id = entry_id
-                data = _field(fields, F_DATA)
-                if data is None:
-                    continue
-                try:
-                    msg = decode_reply(data)
-                except ArenaEvalError:
-                    continue
-                if msg["rid"] != rid or found is not None:
-                    self.duplicates_dropped += 1
-                    continue
-                if msg["kind"] == KIND_ERROR:
-                    raise RemotePolicyError(
-                        f"pool {self.pool!r} worker {msg.get('worker', '?')}: {msg.get('error')}"
-                    )
-                found = msg
+        for entry in transport.parse_entries(response):
+            self._last_reply_id = entry.entry_id
+            data = entry.fields.get(F_DATA)
+            if not isinstance(data, bytes):
+                continue
+            try:
+                msg = decode_reply(data)
+            except ArenaEvalError:
+                continue
+            if msg["rid"] != rid or found is not None:
+                self.duplicates_dropped += 1
+                continue
+            if msg["kind"] == KIND_ERROR:
+                raise RemotePolicyError(
+                    f"pool {self.pool!r} worker {msg.get('worker', '?')}: {msg.get('error')}"
+                )
+            found = msg
         return found
 
     def close(self) -> None:
@@ -305,7 +292,8 @@ class PolicyClient:
         self._slots = []
         # Best effort, bounded: the reply stream expires on its own if Redis is unreachable.
         with contextlib.suppress(Exception):
-            execute_chain(self._conn.get(), [["DEL", self.reply_key]], timeout_s=1.0)
+            command = transport.delete_reply_stream_command(self.reply_key)
+            execute_chain(self._conn.get(), [command], timeout_s=1.0)
         self._conn.release()
 
     def __enter__(self) -> PolicyClient:
@@ -313,18 +301,6 @@ class PolicyClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _field(fields: Any, name: bytes) -> bytes | None:
-    if isinstance(fields, dict):
-        value = fields.get(name)
-        return value if isinstance(value, bytes) else None
-    if isinstance(fields, list):
-        for i in range(0, len(fields) - 1, 2):
-            if fields[i] == name:
-                value = fields[i + 1]
-                return value if isinstance(value, bytes) else None
-    return None
 
 
 def _default_compression(r: redis.Redis) -> str:
