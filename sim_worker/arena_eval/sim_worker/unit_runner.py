@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from arena_eval.broker import jobs, pool, results
+from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.errors import BrokerUnavailable
 from arena_eval.broker.jobs import Job
 from arena_eval.broker.keys import Keys
@@ -140,7 +140,7 @@ class UnitRunner:
         policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
         skipped = lease.episodes_done
 
-        def sink(episodes: list[dict[str, Any]], stats: RolloutStats) -> None:
+        def sink(episodes: list[EpisodeResult], stats: RolloutStats) -> None:
             _written, completed = results.record(
                 self._r, self.keys, job.job_id, self.worker_id, time.time(), episodes,
                 stats.counters(), stats.sums,
