@@ -40,7 +40,13 @@ def make_env(
 ) -> VectorEnv:
     """Build ``num_envs`` slots of ``task``; see the module docstring for the syntaxes."""
     _check_common(num_envs, max_steps, image_size, vectorization)
-    options = EnvOptions(seed, max_steps, camera, image_size, vectorization)
+    options = EnvOptions(
+        seed=seed,
+        max_steps=max_steps,
+        camera=camera,
+        image_size=image_size,
+        vectorization=vectorization,
+    )
     table = env_table()
     try:
         adapter, name = table.find(task)
