@@ -279,7 +279,7 @@ def transition(
     return rc == 1
 
 
-def queue_completion(r: redis.Redis, pipe: Pipeline, keys: Keys, job_id: str, now: float) -> None:
+def queue_completion(pipe: Pipeline, keys: Keys, job_id: str, now: float) -> None:
     """Queue on ``pipe`` the move to completed, guarded: it happens only once every episode of
     the job has a result, and only once (its reply is 1 for the call that completed the job).
 
@@ -287,7 +287,7 @@ def queue_completion(r: redis.Redis, pipe: Pipeline, keys: Keys, job_id: str, no
     so completion goes through the one transition script like every other state change.
     """
     args = _transition_args(keys, job_id, JobState.COMPLETED, "", (), now=now, guard=ALL_RESULTS)
-    r.register_script(_TRANSITION)(keys=args[:2], args=args[2:], client=pipe)
+    pipe.register_script(_TRANSITION)(keys=args[:2], args=args[2:])
 
 
 def _transition_args(

@@ -91,7 +91,7 @@ def record(
             ]
         keys_ = [keys.job_results(job_id), keys.job_stats(job_id), keys.job_workers(job_id)]
         r.register_script(_RECORD)(keys=keys_, args=args, client=pipe)
-        queue_completion(r, pipe, keys, job_id, now)
+        queue_completion(pipe, keys, job_id, now)
     else:
         pipe.hset(keys.job_workers(job_id), worker, repr(now))
     stats = keys.job_stats(job_id)
