@@ -41,7 +41,7 @@ def test_api_and_instance_workers_get_the_config_defaults(settings: RedisSetting
         for name, value in expected.knobs().items():
             if name not in skip:
                 assert getattr(from_instance.config, name) == value, name
-        assert built.max_wait_ms == from_instance.max_wait_ms == expected.max_wait_ms
+        assert built.batcher.max_wait_s == from_instance.batcher.max_wait_s == 0.002  # type: ignore[attr-defined]
     finally:
         built.close()
         from_instance.close()
@@ -56,9 +56,10 @@ def test_from_config_uses_every_knob(settings: RedisSettings) -> None:
     worker = PolicyWorker.from_config(config)
     try:
         assert worker.config is config
+        assert worker.batcher.max_batch == 3 and worker.worker_id == "w-1"
         names = ("max_batch", "max_wait_ms", "claim_idle_ms", "max_deliveries", "worker_id",
                  "block_ms", "hung_after_s")  # fmt: skip
-        assert {name: getattr(worker, name) for name in names} == {
+        assert {name: getattr(worker.config, name) for name in names} == {
             "max_batch": 3, "max_wait_ms": 7.5, "claim_idle_ms": 123, "max_deliveries": 9,
             "worker_id": "w-1", "block_ms": 50, "hung_after_s": 12.0,
         }  # fmt: skip

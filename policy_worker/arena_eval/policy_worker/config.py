@@ -46,7 +46,7 @@ class PolicyWorkerConfig:
     max_batch: int = 64
     #: Longest wait after the first request of a batch for more to join it.
     max_wait_ms: float = 2.0
-    #: A request pending this long on another (dead) worker is taken over (XAUTOCLAIM).
+    #: A request pending this long on another (dead) worker is taken over (autoclaim).
     claim_idle_ms: int = 5000
     #: A request delivered more times than this is dead-lettered, not served again.
     max_deliveries: int = 3

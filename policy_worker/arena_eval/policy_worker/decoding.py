@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from arena_eval.broker import codec, shm
+from arena_eval.broker import codec, shm, transport
 from arena_eval.broker.constants import F_DATA, F_REPLY, F_RID, F_SHM
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.fields import as_text
@@ -23,7 +23,31 @@ from arena_eval.broker.protocol import InferRequest
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.policy_worker.entries import Pending
 
-__all__ = ["decode", "over_delivered"]
+__all__ = ["admit", "decode", "decode_read", "over_delivered"]
+
+
+def decode_read(resp: Any, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> list[Pending]:
+    """Every entry of a group read's reply (RESP2 or RESP3), decoded; read now."""
+    now = time.time()
+    return [
+        decode(Pending(e.stream, e.entry_id, e.fields, now), keys, spec, reader)
+        for e in transport.parse_entries(resp)
+    ]
+
+
+def admit(
+    p: Pending,
+    deliveries: int,
+    *,
+    max_deliveries: int,
+    keys: Keys,
+    spec: PolicySpec,
+    reader: shm.SlotReader,
+) -> Pending:
+    """A reclaimed entry: marked over-delivered if handed out too often, else decoded."""
+    if deliveries > max_deliveries:
+        return over_delivered(p, keys, deliveries, max_deliveries)
+    return decode(p, keys, spec, reader)
 
 
 def decode(p: Pending, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> Pending:

@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 
 from arena_eval.broker import streams
 from arena_eval.broker.consumer_group import ConsumerGroup
+from arena_eval.policy_worker.config import PolicyWorkerConfig
 from arena_eval.policy_worker.entries import Pending
 from arena_eval.policy_worker.stats import WorkerStats
 
@@ -44,17 +45,15 @@ class RequestLeases:
     def __init__(
         self,
         group: ConsumerGroup,
+        config: PolicyWorkerConfig,
         *,
-        claim_idle_ms: int,
-        claim_count: int,
-        hung_after_s: float,
         admit: Admit,
         stats: WorkerStats,
     ) -> None:
         self.group = group
-        self.claim_idle_ms = claim_idle_ms
-        self.claim_count = claim_count
-        self.hung_after_s = hung_after_s
+        self.claim_idle_ms = config.claim_idle_ms
+        self.claim_count = config.max_batch  # takes over at most one batch per stream and scan
+        self.hung_after_s = config.hung_after_s
         self._admit = admit
         self._stats = stats
         self._next_claim = 0.0

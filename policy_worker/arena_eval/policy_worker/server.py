@@ -11,7 +11,7 @@ One worker is one consumer in the pool's consumer group. It reads requests
 from every sim node, waits at most ``max_wait_ms`` after the first one to
 gather up to ``max_batch`` rows, runs **one** ``policy.infer`` on the whole
 batch, splits the ``(B, H, A)`` chunks back per request, and sends all the
-replies plus the XACK/XDEL in one pipelined round trip.
+replies plus the acknowledgements in one pipelined round trip.
 
 ``max_batch`` caps *rows* per ``policy.infer`` call, never requests: it is
 what a model's memory is sized for. A request that would push the batch past
@@ -22,7 +22,7 @@ the sim asked for a legal batch, and rows are independent to the serve loop).
 
 Failure semantics (each has a test):
 
-* A request left pending by a dead worker is taken over with XAUTOCLAIM once
+* A request left pending by a dead worker is taken over (autoclaim) once
   it has been idle ``claim_idle_ms``; a request delivered more than
   ``max_deliveries`` times goes to the dead-letter stream and its requester
   gets an error reply.
@@ -45,14 +45,15 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import Any
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import pool, shm, shm_trust, streams, transport
+from arena_eval.broker import pool, shm, shm_trust, streams
 from arena_eval.broker.connection import connect
 from arena_eval.broker.constants import POLICY_GROUP
 from arena_eval.broker.consumer_group import ConsumerGroup
@@ -73,14 +74,10 @@ from arena_eval.policy_worker.policy import Policy
 from arena_eval.policy_worker.registry import load_policy
 from arena_eval.policy_worker.stats import WorkerStats
 
-if TYPE_CHECKING:
-    from arena_eval.policy_worker.config import BatcherFactory
-
 log = logging.getLogger("arena_eval.policy_worker")
 
 _READ_MARGIN_S = 5.0
 _SWEEP_S = 60.0
-_DEFAULTS = PolicyWorkerConfig  # field defaults, read as class attributes
 
 
 class PolicyWorker:
@@ -93,32 +90,20 @@ class PolicyWorker:
         settings: RedisSettings | None = None,
         *,
         client: redis.Redis | None = None,
-        max_batch: int = _DEFAULTS.max_batch,
-        max_wait_ms: float = _DEFAULTS.max_wait_ms,
-        claim_idle_ms: int = _DEFAULTS.claim_idle_ms,
-        max_deliveries: int = _DEFAULTS.max_deliveries,
-        worker_id: str | None = _DEFAULTS.worker_id,
-        block_ms: int = _DEFAULTS.block_ms,
-        hung_after_s: float = _DEFAULTS.hung_after_s,
-        active_client_s: float = _DEFAULTS.active_client_s,
-        batcher: BatcherFactory | None = _DEFAULTS.batcher,
         policy_args: Mapping[str, Any] | None = None,
+        **knobs: Any,
     ) -> None:
-        """Serve a ``policy`` instance on ``pool_name``; defaults: ``PolicyWorkerConfig``'s."""
+        """Serve a ``policy`` instance on ``pool_name``.
+
+        ``knobs`` are ``PolicyWorkerConfig`` fields (``max_batch``, ``max_wait_ms``,
+        ``batcher`` ...), with its defaults; an unknown name is a TypeError.
+        """
         config = PolicyWorkerConfig(
             pool=pool_name,
             policy=f"{type(policy).__module__}:{type(policy).__qualname__}",
             policy_args={str(k): str(v) for k, v in (policy_args or {}).items()},
-            max_batch=max_batch,
-            max_wait_ms=max_wait_ms,
-            claim_idle_ms=claim_idle_ms,
-            max_deliveries=max_deliveries,
-            worker_id=worker_id,
-            block_ms=block_ms,
-            hung_after_s=hung_after_s,
-            active_client_s=active_client_s,
-            batcher=batcher,
             redis=settings,
+            **knobs,
         )
         self._setup(config, policy, client, policy_args)
 
@@ -154,12 +139,6 @@ class PolicyWorker:
         self.keys = Keys(self.settings.prefix)
         self._r = client if client is not None else connect(self.settings)
         self._hb_r = redis.Redis(connection_pool=self._r.connection_pool)
-        self.max_batch = config.max_batch
-        self.max_wait_ms = config.max_wait_ms
-        self.claim_idle_ms = config.claim_idle_ms
-        self.max_deliveries = config.max_deliveries
-        self.block_ms = config.block_ms
-        self.hung_after_s = config.hung_after_s
         self.worker_id = (
             config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
@@ -175,16 +154,11 @@ class PolicyWorker:
         self.group = ConsumerGroup(self._r, self.streams, POLICY_GROUP, self.worker_id)
         self.batcher = (config.batcher or WindowBatcher)(config)
         self._reader = shm.SlotReader()
-        self.leases = RequestLeases(
-            self.group,
-            claim_idle_ms=self.claim_idle_ms,
-            claim_count=self.max_batch,
-            hung_after_s=self.hung_after_s,
-            admit=self._admit,
-            stats=self.stats,
-        )
+        admit = partial(decoding.admit, max_deliveries=config.max_deliveries, keys=self.keys,
+                        spec=self.spec, reader=self._reader)  # fmt: skip
+        self.leases = RequestLeases(self.group, config, admit=admit, stats=self.stats)
         self.runner = BatchRunner(
-            policy, self.spec, worker_id=self.worker_id, max_batch=self.max_batch,
+            policy, self.spec, worker_id=self.worker_id, max_batch=config.max_batch,
             batcher=self.batcher, leases=self.leases, reader=self._reader, stats=self.stats,
         )  # fmt: skip
         self._stop = threading.Event()
@@ -196,7 +170,7 @@ class PolicyWorker:
         self._heartbeat = Heartbeat(
             self._beat,
             lambda: self.leases.renew(self._carry),
-            tick_s=min(pool.HEARTBEAT_INTERVAL_S, self.claim_idle_ms / 3000.0),
+            tick_s=min(pool.HEARTBEAT_INTERVAL_S, self.config.claim_idle_ms / 3000.0),
             beat_s=pool.HEARTBEAT_INTERVAL_S,
             stop=self._stop,
         )
@@ -270,9 +244,11 @@ class PolicyWorker:
             self._carry, self._prefetched = [], None
             items = queued + self.leases.reclaim_due()
             if not items:
-                items = self._read(self.batcher.read_count(0), self.block_ms)
+                items = self._read(self.batcher.read_count(0), self.config.block_ms)
             if items:
-                items = self.batcher.gather(items, self._read_now, self._stop.is_set)
+                items = self.batcher.gather(
+                    items, partial(self._read, block_ms=None), self._stop.is_set
+                )
             items, self._carry = self.batcher.take(items)
             if items:
                 self._prefetched = self._handle(items)
@@ -298,24 +274,7 @@ class PolicyWorker:
             [self.group.read_command(count, block_ms)],
             timeout_s=_read_timeout(block_ms),
         )
-        return self._pending(resp)
-
-    def _read_now(self, count: int) -> list[Pending]:
-        return self._read(count, None)
-
-    def _pending(self, resp: Any) -> list[Pending]:
-        now = time.time()
-        return [
-            decoding.decode(Pending(e.stream, e.entry_id, e.fields, now), self.keys, self.spec,
-                            self._reader)
-            for e in transport.parse_entries(resp)
-        ]  # fmt: skip
-
-    def _admit(self, p: Pending, deliveries: int) -> Pending:
-        """A reclaimed entry: dead-lettered if delivered too often, else decoded."""
-        if deliveries > self.max_deliveries:
-            return decoding.over_delivered(p, self.keys, deliveries, self.max_deliveries)
-        return decoding.decode(p, self.keys, self.spec, self._reader)
+        return decoding.decode_read(resp, self.keys, self.spec, self._reader)
 
     # -- answering -------------------------------------------------------------
     def _handle(self, items: list[Pending]) -> list[Pending] | None:
@@ -338,15 +297,19 @@ class PolicyWorker:
         carried = total_rows(self._carry)
         read_next = not self._stop.is_set() and carried < self.batcher.max_batch
         if read_next:
-            block = None if self._carry else self.block_ms
+            block = None if self._carry else self.config.block_ms
             commands.append(self.group.read_command(self.batcher.read_count(carried), block))
         results = execute_chain(
-            self._conn.get(), commands, timeout_s=_read_timeout(self.block_ms if read_next else 0)
+            self._conn.get(),
+            commands,
+            timeout_s=_read_timeout(self.config.block_ms if read_next else 0),
         )
         for result in results[:-1] if read_next else results:
             if isinstance(result, ResponseError):
                 log.warning("reply/ack command failed: %s", result)
-        return self._pending(results[-1]) if read_next else None
+        if not read_next:
+            return None
+        return decoding.decode_read(results[-1], self.keys, self.spec, self._reader)
 
     # -- heartbeat -------------------------------------------------------------
     def _beat(self) -> None:
@@ -357,8 +320,8 @@ class PolicyWorker:
             "pid": os.getpid(),
             "policy": self.spec.name,
             "policy_version": self.spec.version,
-            "max_batch": self.max_batch,
-            "max_wait_ms": self.max_wait_ms,
+            "max_batch": self.config.max_batch,
+            "max_wait_ms": self.config.max_wait_ms,
             "state": "stopping" if self._stop.is_set() else "serving",
             # seconds inside the current infer call: a large value means slow or hung
             "busy_s": self.leases.busy_s(),
