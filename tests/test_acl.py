@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from arena_eval.broker.constants import POLICY_GROUP
+from arena_eval.broker.consumer_group import ConsumerGroup
 from arena_eval.broker.keys import Keys
 from tests.acl_server import ACL_FILE, AclServer, cli_as, run_job_as_roles
 from tests.redis_servers import redis_server_binary
@@ -91,3 +93,33 @@ def test_sim_role_cannot_join_a_pool(acl62: AclServer) -> None:
     ):
         with pytest.raises(redis.exceptions.NoPermissionError):
             attempt()
+
+
+def test_policy_role_renews_its_own_leases(acl62: AclServer) -> None:
+    """Lease renewal is an owner-checked script: the policy role must be allowed to run it."""
+    keys = Keys()
+    policy_r = acl62.client("policy")
+    group = ConsumerGroup(policy_r, [keys.pool_requests("p")], POLICY_GROUP, "w1")
+    group.create()
+    entry_id = policy_r.xadd(keys.pool_requests("p"), {"x": "1"})
+    assert [e.entry_id for e in group.read(count=1, block_ms=None)] == [entry_id]
+    assert group.renew(keys.pool_requests("p"), [entry_id]) == [entry_id]
+
+
+def test_policy_user_without_script_rights_is_refused_before_serving(tmp_path: Path) -> None:
+    """An ACL that lets a policy worker read but not renew is refused at join, not later in
+    a heartbeat thread, where the only sign would be its requests taken over."""
+    lines = ACL_FILE.read_text().splitlines()
+    acl = tmp_path / "users.acl"
+    acl.write_text(
+        "\n".join(x.replace(" +eval", "") if x.startswith("user policy") else x for x in lines)
+    )
+    server = AclServer(redis_server_binary(), acl, tmp_path / "redis-acl").start()
+    try:
+        out = cli_as(server.url("policy"), "policy", "serve", *SERVE_ZERO, "--burst")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "serving" not in out.stdout
+        assert "may not run `arena-eval policy serve`" in out.stderr
+        assert not server.client("admin").sismember(Keys().pools(), "p")  # nothing written
+    finally:
+        server.stop()

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from arena_eval.broker.keys import POLICY_GROUP, SIM_GROUP, Keys
+from arena_eval.broker.constants import POLICY_GROUP, SIM_GROUP
+from arena_eval.broker.keys import Keys
 from tests.acl_server import ACL_FILE_REDIS7, AclServer, cli_as, redis7_binary, run_job_as_roles
 
 pytest.importorskip("gymnasium")

@@ -14,10 +14,11 @@ import redis
 from typer.testing import CliRunner
 
 from arena_eval.broker import jobs, results, streams, units
+from arena_eval.broker.constants import SIM_GROUP
 from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.jobs import JobNotFound, JobSpec, JobState
-from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import LatencyHistogram, summarize_episodes, wilson_interval
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app

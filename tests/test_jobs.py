@@ -24,9 +24,10 @@ import redis
 from typer.testing import CliRunner
 
 from arena_eval.broker import fleet, jobs, pool, results, status, units
+from arena_eval.broker.constants import SIM_GROUP
 from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.jobs import JobSpec, JobState
-from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app
 from arena_eval.policy_worker.builtins.simple import ZeroPolicy

@@ -20,7 +20,8 @@ import pytest
 import redis
 
 from arena_eval.broker import codec, streams
-from arena_eval.broker.keys import POLICY_GROUP, Keys
+from arena_eval.broker.constants import POLICY_GROUP
+from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import PoolNotFound, live_workers
 from arena_eval.broker.protocol import F_DATA, F_REPLY, F_RID, decode_reply
 from arena_eval.broker.settings import RedisSettings

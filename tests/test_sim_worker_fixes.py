@@ -16,10 +16,11 @@ import redis
 from typer.testing import CliRunner
 
 from arena_eval.broker import jobs, results, units
+from arena_eval.broker.constants import SIM_GROUP
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.fleet import live_sim_workers
 from arena_eval.broker.jobs import JobSpec, JobState
-from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from arena_eval.broker import streams
-from arena_eval.broker.keys import POLICY_GROUP, Keys
+from arena_eval.broker.constants import POLICY_GROUP
+from arena_eval.broker.keys import Keys
 
 GROUP = "g"
 

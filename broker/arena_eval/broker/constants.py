@@ -10,8 +10,6 @@ the commands that use these values.
 
 from __future__ import annotations
 
-from arena_eval.broker.keys import POLICY_GROUP, SIM_GROUP
-
 __all__ = [
     "DEAD_ENTRY_MAX_BYTES",
     "DEAD_FIELD_NAME_MAX_BYTES",
@@ -39,9 +37,11 @@ __all__ = [
     "SIM_GROUP",
 ]
 
-# -- consumer groups (defined next to the keys they read; re-exported here) ------------
-# POLICY_GROUP: policy workers on a pool's request streams.
-# SIM_GROUP: sim workers on the work-unit stream.
+# -- consumer groups -------------------------------------------------------------------------
+#: Policy workers on a pool's request streams (``Keys.pool_requests``, host streams).
+POLICY_GROUP = "policy-workers"
+#: Sim workers on the work-unit stream (``Keys.units``).
+SIM_GROUP = "sim-workers"
 
 # -- request entries (a pool's request stream) ---------------------------------------------
 #: Request id; the client drops any reply whose rid it is not awaiting.

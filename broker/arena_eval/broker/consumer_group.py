@@ -135,6 +135,12 @@ class ConsumerGroup:
         mine: Any = self.client.eval(_RENEW, 1, stream, self.group, self.consumer, *ids)
         return [_as_bytes(m) for m in mine or []]
 
+    def check_renew_allowed(self) -> None:
+        """Run the renewal script on no entries, so that a Redis user who may not run it
+        (no ``+eval`` in its ACL) is refused now, while joining, rather than in a heartbeat
+        thread later, where the refusal would only show as leases taken over."""
+        self.client.eval(_RENEW, 1, self.streams[0], self.group, self.consumer)
+
     def pending(
         self,
         stream: str,

@@ -17,11 +17,6 @@ from dataclasses import dataclass
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.settings import DEFAULT_PREFIX
 
-#: Consumer group of policy workers on a pool's request stream.
-POLICY_GROUP = "policy-workers"
-#: Consumer group of sim workers on the work-unit stream.
-SIM_GROUP = "sim-workers"
-
 _FORBIDDEN = set("{}:\r\n\t *?[]")
 
 

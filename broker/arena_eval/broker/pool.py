@@ -15,9 +15,10 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker.constants import POLICY_GROUP
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.fields import as_text
-from arena_eval.broker.keys import POLICY_GROUP, Keys
+from arena_eval.broker.keys import Keys
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 
 HEARTBEAT_INTERVAL_S = 1.0

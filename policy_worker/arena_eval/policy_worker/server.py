@@ -185,6 +185,7 @@ class PolicyWorker:
         return self._stop.is_set()
 
     def register(self) -> None:
+        self.group.check_renew_allowed()  # before any write: a refusal leaves nothing behind
         pool.register(self._r, self.keys, self.pool, self.worker_id, self.spec)
         self.group.create()
         self._beat()

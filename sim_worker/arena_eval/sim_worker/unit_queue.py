@@ -20,7 +20,8 @@ import time
 import redis
 
 from arena_eval.broker import jobs, streams, units
-from arena_eval.broker.keys import SIM_GROUP, Keys
+from arena_eval.broker.constants import SIM_GROUP
+from arena_eval.broker.keys import Keys
 from arena_eval.broker.units import WorkUnit
 from arena_eval.sim_worker.lease import Outcome
 
