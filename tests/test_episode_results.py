@@ -36,13 +36,13 @@ def test_an_episode_round_trips_through_its_stored_json() -> None:
     ep = EpisodeResult(
         index=7, seed=107, success=True, return_=412.5, length=93,
         metrics={"near": 1.0, "max_near": None}, worker="host-1", wall_s=0.41,
-        finished_at=1732123456.7,
+        finished_at=1732123456.7, task="metaworld/door-open-v3", task_episode=2,
     )  # fmt: skip
     stored = json.loads(ep.encode())
     assert stored == {
         "index": 7, "seed": 107, "success": True, "return": 412.5, "length": 93,
         "metrics": {"near": 1.0, "max_near": None}, "worker": "host-1", "wall_s": 0.41,
-        "finished_at": 1732123456.7,
+        "finished_at": 1732123456.7, "task": "metaworld/door-open-v3", "task_episode": 2,
     }  # fmt: skip
     assert EpisodeResult.decode(ep.encode()) == ep
     assert EpisodeResult.decode(json.dumps({"index": 0, "length": 3})) == EpisodeResult(0, 3)
@@ -58,6 +58,11 @@ def test_an_episode_round_trips_through_its_stored_json() -> None:
         ('{"index": 11}', "'length' is not a number"),
         ('{"index": 1, "length": 5, "success": 1}', "'success' is not true or false"),
         ('{"index": 1, "length": 5, "return": "x"}', "'return' is not a number"),
+        ('{"index": 1, "length": 5, "task": 3}', "'task' is not a string"),
+        (
+            '{"index": 1, "length": 5, "task_episode": -2}',
+            "'task_episode' is not a non-negative integer",
+        ),
         ('{"index": 1, "length": 5, "worker": 3}', "'worker' is not a string"),
         ('{"index": 1, "length": 5, "metrics": {"a": "b"}}', "'metrics' is not an object"),
     ],

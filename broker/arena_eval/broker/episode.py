@@ -10,7 +10,14 @@ Stored form: one JSON object per episode, the value under its index in ``keys.jo
 
     {"index": 7, "seed": 107, "success": true, "return": 412.5, "length": 93,
      "metrics": {"near_object": 1.0, "max_near_object": 1.0, ...},
-     "worker": "host-123-ab12cd", "wall_s": 0.41, "finished_at": 1732123456.7}
+     "worker": "host-123-ab12cd", "wall_s": 0.41, "finished_at": 1732123456.7,
+     "task": "metaworld/door-open-v3", "task_episode": 7}
+
+``task`` names the task the episode ran and ``task_episode`` its index within that task (a
+suite job stores task ``k``'s episode ``i`` under index ``k * episodes + i``; a single-task
+job has ``task_episode == index``). Rows stored before tasks were recorded have neither:
+they decode with ``task == ""`` and ``task_episode is None``, and readers take the job's
+single task and the index (``results.per_task`` does).
 
 ``metrics`` holds, per task metric the env reports each step, the *final* value under its
 own name and the episode's *maximum* under ``max_<name>`` (e.g. Meta-World's
@@ -51,6 +58,8 @@ class EpisodeResult:
     worker: str | None = None
     wall_s: float | None = None
     finished_at: float | None = None
+    task: str = ""
+    task_episode: int | None = None
 
     def __post_init__(self) -> None:
         problem = _problem(self.to_dict())
@@ -69,6 +78,8 @@ class EpisodeResult:
             "worker": self.worker,
             "wall_s": self.wall_s,
             "finished_at": self.finished_at,
+            "task": self.task,
+            "task_episode": self.task_episode,
         }
 
     def encode(self) -> str:
@@ -91,6 +102,8 @@ class EpisodeResult:
             worker=data.get("worker"),
             wall_s=data.get("wall_s"),
             finished_at=data.get("finished_at"),
+            task=data.get("task") or "",
+            task_episode=data.get("task_episode"),
         )
 
     @classmethod
@@ -116,8 +129,12 @@ def _problem(episode: Any) -> str:
             return f"{name!r} is not a number"
     if not isinstance(episode.get("success", False), bool):
         return "'success' is not true or false"
-    if episode.get("worker") is not None and not isinstance(episode["worker"], str):
-        return "'worker' is not a string"
+    for name in ("worker", "task"):
+        if episode.get(name) is not None and not isinstance(episode[name], str):
+            return f"{name!r} is not a string"
+    te = episode.get("task_episode")
+    if te is not None and not (_is_int(te) and te >= 0):
+        return "'task_episode' is not a non-negative integer"
     metrics = episode.get("metrics")
     if metrics is not None and not (
         isinstance(metrics, dict) and all(v is None or _is_number(v) for v in metrics.values())
