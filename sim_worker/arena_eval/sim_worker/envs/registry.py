@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "arena_eval.envs"
 #: Built-in adapters: name -> ``module:attr`` of an ``EnvAdapter``. Order = order in messages.
 BUILTIN_ENVS: Mapping[str, str] = {
     "metaworld": "arena_eval.sim_worker.envs.metaworld_env:ADAPTER",
+    "pusht": "arena_eval.sim_worker.envs.pusht_env:ADAPTER",
     "gym": "arena_eval.sim_worker.envs.gym_env:ADAPTER",
     "py": "arena_eval.sim_worker.envs.tensor_env:ADAPTER",
 }
