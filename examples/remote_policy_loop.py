@@ -4,8 +4,11 @@ The shape of the seed's policy_runner: a vectorised env, a policy that hands
 out one action per env from remotely computed action chunks, and metrics.
 Start a pool first, then run this anywhere that reaches the same Redis:
 
-    arena-eval policy serve --pool door --policy metaworld-expert --policy-arg task=door-open-v3 &
-    python examples/remote_policy_loop.py --pool door --num-envs 4 --steps 400
+    arena-eval policy serve --pool mw --policy metaworld-expert &
+    python examples/remote_policy_loop.py --pool mw --task door-open-v3 --num-envs 4 --steps 400
+
+Each row goes with its task and instruction, so one multi-task pool serves any
+Meta-World task.
 """
 
 import argparse
@@ -18,8 +21,9 @@ from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.client import PolicyClient
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--pool", default="door")
+parser.add_argument("--pool", default="mw")
 parser.add_argument("--task", default="door-open-v3")
+parser.add_argument("--instruction", default="")
 parser.add_argument("--num-envs", type=int, default=4)
 parser.add_argument("--steps", type=int, default=400)
 args = parser.parse_args()
@@ -29,11 +33,13 @@ envs = gym.vector.SyncVectorEnv(
     [lambda: gym.make("Meta-World/MT1", env_name=args.task) for _ in range(n)],
     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
 )
-policy = ChunkedPolicy(PolicyClient(args.pool), num_envs=n)
+policy = ChunkedPolicy(
+    PolicyClient(args.pool), num_envs=n, task=f"metaworld/{args.task}", instruction=args.instruction
+)
 obs, _ = envs.reset(seed=0)
 episode, successes = np.arange(n), []
-for step in range(args.steps):
-    actions = policy.act({"state": obs}, [f"ep{e}" for e in episode], step=step)
+for _ in range(args.steps):
+    actions = policy.act({"state": obs}, [f"ep{e}" for e in episode])
     obs, _reward, terminated, truncated, info = envs.step(actions)
     done = terminated | truncated | (info["success"] > 0)
     if done.any():

@@ -26,7 +26,7 @@ def main() -> int:
         for i in range(requests):
             base = index * 100_000 + i * 100
             x = base + np.arange(rows * DIM, dtype=np.float32).reshape(rows, DIM)
-            actions = client.infer({"x": x}, [f"c{index}-e{r}" for r in range(rows)], step=i)
+            actions = client.infer({"x": x}, [f"c{index}-e{r}" for r in range(rows)], steps=i)
             if not np.array_equal(actions, expected_actions(x)):
                 wrong += 1
         print(

@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from arena_eval.broker.spec import FieldSpec, PolicySpec
-from arena_eval.policy_worker.policy import Policy
+from arena_eval.policy_worker.policy import Batch, Policy
 
 STALL_MARKER = 999.0
 FAIL_MARKER = -999.0
@@ -35,9 +35,9 @@ class EchoPolicy(Policy):
             observations={"x": FieldSpec("float32", (DIM,))},
         )
 
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def infer(self, batch: Batch) -> np.ndarray:
         self.calls += 1
-        x = batch["x"]
+        x = batch.obs["x"]
         if np.any(x[:, 0] == FAIL_MARKER):
             raise ValueError("echo policy refuses FAIL_MARKER rows")
         if np.any(x[:, 0] == STALL_MARKER) and self.stall_s > 0:
@@ -58,7 +58,7 @@ class HangingPolicy(Policy):
     def spec(self) -> PolicySpec:
         return PolicySpec(name="hanging", action_shape=(1, 1))
 
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def infer(self, batch: Batch) -> np.ndarray:
         time.sleep(self.hang_s)
-        rows = next(iter(batch.values())).shape[0]
+        rows = batch.rows
         return np.zeros((rows, 1, 1), np.float32)

@@ -18,7 +18,7 @@ import pytest
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.spec import FieldSpec, PolicySpec, SpecMismatch
 from arena_eval.policy_worker.builtins.simple import RandomPolicy, ZeroPolicy
-from arena_eval.policy_worker.policy import Policy, batch_rows, check_actions
+from arena_eval.policy_worker.policy import Batch, Policy, batch_rows, check_actions
 from arena_eval.policy_worker.registry import (
     BUILTIN_POLICIES,
     ENTRY_POINT_GROUP,
@@ -103,8 +103,9 @@ def test_unknown_and_missing_args() -> None:
         load_policy("zero", {"actionshape": "2x3"})
     assert "'actionshape'" in str(info.value)
     assert "action_shape='16x36'" in str(info.value)  # lists the accepted arguments
-    with pytest.raises(ConfigError, match=r"missing required argument.*'task'"):
-        load_policy("metaworld-expert")
+    # (metaworld-expert's task became optional: it serves every task when none is given)
+    with pytest.raises(ConfigError, match=r"missing required argument.*'path'"):
+        load_policy("torch")
 
 
 @pytest.mark.parametrize(
@@ -161,7 +162,7 @@ PLUGIN = """
             return PolicySpec(name="echo", action_shape=(1, 2))
 
         def infer(self, batch):
-            return (batch["x"][:, None, :] * self.scale).astype(np.float32)
+            return (batch.obs["x"][:, None, :] * self.scale).astype(np.float32)
 
         def reset(self, episode_ids):
             self.resets.append(list(episode_ids))
@@ -182,7 +183,7 @@ def test_load_by_module_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.syspath_prepend(str(tmp_path))
     policy = load_policy("ae_plugin_mod:Echo", {"scale": "2", "anything": "goes"})
     assert policy.spec().name == "echo"
-    out = policy.infer({"x": _readonly(np.array([[1.0, 2.0]], dtype=np.float32))})
+    out = policy.infer(Batch.of({"x": _readonly(np.array([[1.0, 2.0]], dtype=np.float32))}))
     np.testing.assert_array_equal(out, [[[2.0, 4.0]]])
     assert policy.extra == {"anything": "goes"}  # type: ignore[attr-defined]
     policy.reset(["ep-1"])
@@ -234,7 +235,7 @@ def test_load_by_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     available = available_policies()
     assert available["echo-ep"] == "ae_ep_plugin:Echo [entry point, ae-ep-plugin 0.3]"
     policy = load_policy("echo-ep", {"scale": "3"})
-    out = policy.infer({"x": np.ones((2, 2), dtype=np.float32)})
+    out = policy.infer(Batch.of({"x": np.ones((2, 2), dtype=np.float32)}))
     np.testing.assert_array_equal(out, np.full((2, 1, 2), 3.0, dtype=np.float32))
     with pytest.raises(ConfigError, match=r"registered by ae-ep-plugin 0.3.*loading it failed"):
         load_policy("broken-ep")
@@ -266,7 +267,8 @@ def test_registry_imports_neither_torch_nor_metaworld() -> None:
         "import arena_eval.policy_worker.builtins\n"
         "available_policies()\n"
         "p = load_policy('random', {'action_shape': '2x3'})\n"
-        "p.infer({'x': np.zeros((4, 1))})\n"
+        "from arena_eval.policy_worker.policy import Batch\n"
+        "p.infer(Batch.of({'x': np.zeros((4, 1))}))\n"
         "heavy = [m for m in ('torch', 'metaworld', 'mujoco') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -290,7 +292,7 @@ def test_zero_shapes_and_any_observations() -> None:
     assert spec.action_shape == (4, 7)
     assert spec.action_dtype == "float64"
     batch = {"anything": _readonly(np.arange(15, dtype=np.int16).reshape(5, 3))}
-    out = policy.infer(batch)
+    out = policy.infer(Batch.of(batch))
     assert out.shape == (5, 4, 7)
     assert out.dtype == np.float64
     assert not out.any()
@@ -314,19 +316,19 @@ def test_zero_with_obs_spec() -> None:
         "t": np.zeros(2, dtype=np.int64),
     }
     assert spec.check_observations(batch) == 2
-    assert policy.infer(batch).shape == (2, 16, 36)
+    assert policy.infer(Batch.of(batch)).shape == (2, 16, 36)
     assert PolicySpec.from_json(spec.to_json()) == spec
 
 
 def test_zero_typed_args_from_python() -> None:
     policy = ZeroPolicy(action_shape=(2, 3), obs={"s": FieldSpec("float32", (3,))})
     assert policy.spec().action_shape == (2, 3)
-    assert policy.infer({"s": np.zeros((1, 3), np.float32)}).shape == (1, 2, 3)
+    assert policy.infer(Batch.of({"s": np.zeros((1, 3), np.float32)})).shape == (1, 2, 3)
 
 
 def test_empty_batch_is_rejected() -> None:
     with pytest.raises(SpecMismatch, match="empty"):
-        load_policy("zero").infer({})
+        load_policy("zero").infer(Batch.of({}))
     with pytest.raises(SpecMismatch, match="batch dimension"):
         batch_rows({"x": np.float32(1.0)})  # type: ignore[dict-item]
 
@@ -335,23 +337,23 @@ def test_random_seeded_bounds_and_dtype() -> None:
     args = {"action_shape": "8x5", "seed": "7", "low": "-0.5", "high": "2"}
     a, b = load_policy("random", args), load_policy("random", args)
     batch = {"x": _readonly(np.zeros((6, 2), dtype=np.float32))}
-    first = [a.infer(batch) for _ in range(3)]
-    second = [b.infer(batch) for _ in range(3)]
+    first = [a.infer(Batch.of(batch)) for _ in range(3)]
+    second = [b.infer(Batch.of(batch)) for _ in range(3)]
     for x, y in zip(first, second, strict=True):
         np.testing.assert_array_equal(x, y)
         assert x.shape == (6, 8, 5)
         assert x.dtype == np.float32
         assert x.min() >= -0.5 and x.max() <= 2.0
     assert not np.array_equal(first[0], first[1])  # the stream advances
-    other = load_policy("random", {**args, "seed": "8"}).infer(batch)
+    other = load_policy("random", {**args, "seed": "8"}).infer(Batch.of(batch))
     assert not np.array_equal(other, first[0])
-    wide = np.concatenate([a.infer({"x": np.zeros(1000)}) for _ in range(3)])
+    wide = np.concatenate([a.infer(Batch.of({"x": np.zeros(1000)})) for _ in range(3)])
     assert wide.min() < -0.4 and wide.max() > 1.9  # covers the range
 
     f64 = load_policy("random", {"action_dtype": "float64", "action_shape": "1x3"})
-    assert f64.infer(batch).dtype == np.float64
+    assert f64.infer(Batch.of(batch)).dtype == np.float64
     ints = load_policy("random", {"action_dtype": "int32", "low": "-3", "high": "3"})
-    out = ints.infer(batch)
+    out = ints.infer(Batch.of(batch))
     assert out.dtype == np.int32
     assert out.min() >= -3 and out.max() <= 3
     check_actions(ints.spec(), out, 6)
@@ -372,8 +374,8 @@ def test_policy_context_manager_closes() -> None:
         def spec(self) -> PolicySpec:
             return PolicySpec(name="p", action_shape=(1, 1))
 
-        def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-            return np.zeros((batch_rows(batch), 1, 1), np.float32)
+        def infer(self, batch: Batch) -> np.ndarray:
+            return np.zeros((batch.rows, 1, 1), np.float32)
 
         def close(self) -> None:
             closed.append(True)
@@ -419,9 +421,9 @@ def test_metaworld_expert_spec_chunk_and_readonly_rows() -> None:
     rng = np.random.default_rng(0)
     states = rng.uniform(-0.3, 0.3, size=(4, 39))
     before = states.copy()
-    out = policy.infer({"state": states})  # writable: must come back unchanged
+    out = policy.infer(Batch.of({"state": states}))  # writable: must come back unchanged
     np.testing.assert_array_equal(states, before)
-    again = policy.infer({"state": _readonly(states)})  # read-only must work too
+    again = policy.infer(Batch.of({"state": _readonly(states)}))  # read-only must work too
     np.testing.assert_array_equal(out, again)  # deterministic
     assert out.shape == (4, 3, 4)
     assert out.dtype == np.float32
@@ -440,7 +442,7 @@ def test_metaworld_expert_solves_door_open() -> None:
         success = False
         for _ in range(500):
             batch = {"state": _readonly(np.asarray(obs, dtype=np.float64)[None, :])}
-            actions = policy.infer(batch)
+            actions = policy.infer(Batch.of(batch))
             assert actions.shape == (1, 1, 4)
             obs, _, terminated, truncated, info = env.step(actions[0, 0])
             if info["success"]:

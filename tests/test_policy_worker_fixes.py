@@ -26,6 +26,7 @@ from arena_eval.broker.protocol import F_DATA, F_RID
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.cli.app import app
+from arena_eval.policy_worker.policy import Batch
 from arena_eval.policy_worker.serve import build_worker
 from arena_eval.policy_worker.server import PolicyWorker
 from arena_eval.sim_worker.client import PolicyClient
@@ -42,8 +43,8 @@ class RecordingEcho(EchoPolicy):
         super().__init__(stall_s=0)
         self.seen: list[int] = []
 
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        self.seen.append(int(batch["x"].shape[0]))
+    def infer(self, batch: Batch) -> np.ndarray:
+        self.seen.append(batch.rows)
         return super().infer(batch)
 
 
@@ -303,10 +304,11 @@ def test_policy_describe_lists_arguments_and_spec() -> None:
     assert info["spec"]["action_shape"] == [16, 36] and info["spec"]["policy"]["digest"]
     assert "Uniform random" in info["description"]
 
-    text = runner.invoke(app, ["policy", "describe", "metaworld-expert"], terminal_width=200)
+    # a policy with a required argument (metaworld-expert's task became optional)
+    text = runner.invoke(app, ["policy", "describe", "torch"], terminal_width=200)
     assert text.exit_code == 0, text.output
-    assert "task" in text.output and "(required)" in text.output
-    assert "--policy-arg task=" in text.output  # how to see the spec
+    assert "path" in text.output and "(required)" in text.output
+    assert "--policy-arg path=" in text.output  # how to see the spec
 
 
 def test_every_policy_command_option_has_help() -> None:

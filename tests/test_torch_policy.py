@@ -30,6 +30,7 @@ from arena_eval.policy_worker.builtins.torch_checkpoint import (
     write_sidecar_spec,
 )
 from arena_eval.policy_worker.builtins.torch_policy import TorchPolicy, torch_device_summary
+from arena_eval.policy_worker.policy import Batch
 from arena_eval.policy_worker.registry import load_policy
 
 H, A, STATE = 4, 3, 6
@@ -134,7 +135,7 @@ def test_formats_round_trip(fmt: str, model: TinyPolicyNet, checkpoints: dict[st
     assert policy.spec() == SPEC
     for rows in (1, 5):
         batch = _batch(rows, seed=rows)
-        out = policy.infer(batch)
+        out = policy.infer(Batch.of(batch))
         assert out.shape == (rows, H, A)
         assert out.dtype == np.float32
         np.testing.assert_allclose(out, _direct(model, batch), rtol=1e-5, atol=1e-6)
@@ -149,7 +150,7 @@ def test_readonly_inputs_without_warnings(
     policy = load_policy("torch", {"path": str(checkpoints[fmt]), "device": "auto"})
     batch = _batch(3, seed=11)
     frozen = _readonly(batch)
-    out = policy.infer(frozen)
+    out = policy.infer(Batch.of(frozen))
     np.testing.assert_allclose(out, _direct(model, batch), rtol=1e-5, atol=1e-6)
     # sanity: the warning we suppress is real and would have failed this test
     with pytest.raises(UserWarning, match="not writable"):
@@ -164,7 +165,9 @@ def test_odd_input_layouts(model: TinyPolicyNet, checkpoints: dict[str, Path]) -
         "image": batch["image"][::-1][::-1],
     }
     assert odd["state"].strides[0] < 0
-    np.testing.assert_allclose(policy.infer(odd), _direct(model, batch), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        policy.infer(Batch.of(odd)), _direct(model, batch), rtol=1e-5, atol=1e-6
+    )
 
 
 class InPlaceNet(TinyPolicyNet):
@@ -183,7 +186,7 @@ def test_copy_inputs_protects_readonly_buffers(model: TinyPolicyNet, tmp_path: P
     batch = _batch(2, seed=4)
     frozen = _readonly(batch)
     before = frozen["state"].copy()
-    out = policy.infer(frozen)
+    out = policy.infer(Batch.of(frozen))
     np.testing.assert_array_equal(frozen["state"], before)
     doubled = {**batch, "state": batch["state"] * 2}
     np.testing.assert_allclose(out, _direct(model, doubled), rtol=1e-5, atol=1e-6)
@@ -222,10 +225,10 @@ def test_autocast_and_output_dtype(model: TinyPolicyNet, tmp_path: Path) -> None
     f64 = PolicySpec.from_dict({**SPEC.to_dict(), "action_dtype": "float64"})
     path = save_torchscript(tmp_path / "f64.ts", model, f64)
     batch = _batch(4, seed=3)
-    out = load_policy("torch", {"path": str(path)}).infer(batch)
+    out = load_policy("torch", {"path": str(path)}).infer(Batch.of(batch))
     assert out.dtype == np.float64  # cast to the spec's action dtype
     bf16 = load_policy("torch", {"path": str(path), "dtype": "bf16", "threads": "1"})
-    approx = bf16.infer(batch)
+    approx = bf16.infer(Batch.of(batch))
     assert approx.dtype == np.float64
     np.testing.assert_allclose(approx, out, atol=0.1)
 
@@ -301,7 +304,7 @@ def test_spec_disagreeing_with_model_fails_at_load(model: TinyPolicyNet, tmp_pat
         load_policy("torch", {"path": str(path)})
     policy = load_policy("torch", {"path": str(path), "warmup": "0"})  # skipped: fails per call
     with pytest.raises(Exception, match="expected"):
-        policy.infer(_batch(2))
+        policy.infer(Batch.of(_batch(2)))
 
     missing_key = {
         **SPEC.to_dict(),
@@ -327,7 +330,7 @@ def test_save_helpers_refuse_unimportable_models(model: TinyPolicyNet, tmp_path:
     path = save_exported(tmp_path / "b.pt2", model, spec_any, example_obs=_batch(2))
     policy = load_policy("torch", {"path": str(path)})  # no obs spec: no warm-up
     assert policy.spec().observations is None
-    assert policy.infer(_batch(3)).shape == (3, H, A)
+    assert policy.infer(Batch.of(_batch(3))).shape == (3, H, A)
 
 
 def test_device_summary() -> None:
@@ -348,24 +351,24 @@ def test_cuda_pinned_path(fmt: str, model: TinyPolicyNet, checkpoints: dict[str,
     batch = _batch(3, seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # read-only inputs are copied, never wrapped: no warning
-        out = policy.infer(_readonly(batch))
+        out = policy.infer(Batch.of(_readonly(batch)))
     np.testing.assert_allclose(out, _direct(model, batch), rtol=1e-4, atol=1e-5)
     assert out.flags.writeable  # a copy, not a view of the reused pinned buffer
     buffers = {k: v.data_ptr() for k, v in staging.buffers.items()}
     assert all(v.is_pinned() for v in staging.buffers.values())
     assert set(buffers) == {"in:state", "in:image", "out"}
-    out2 = policy.infer(_readonly(_batch(4, seed=6)))  # fits the 4-row capacity: reused
+    out2 = policy.infer(Batch.of(_readonly(_batch(4, seed=6))))  # fits the 4-row capacity: reused
     assert {k: v.data_ptr() for k, v in staging.buffers.items()} == buffers
     assert out2.shape == (4, H, A)
     np.testing.assert_allclose(out, _direct(model, batch), rtol=1e-4, atol=1e-5)  # not clobbered
     big = _batch(9, seed=7)
-    out3 = policy.infer(_readonly(big))  # grows
+    out3 = policy.infer(Batch.of(_readonly(big)))  # grows
     np.testing.assert_allclose(out3, _direct(model, big), rtol=1e-4, atol=1e-5)
     assert staging.buffers["in:state"].numel() >= 16 * STATE
     half = load_policy(
         "torch", {"path": str(checkpoints[fmt]), "device": "cuda:0", "dtype": "bf16"}
     )
-    np.testing.assert_allclose(half.infer(big), out3, atol=0.1)
+    np.testing.assert_allclose(half.infer(Batch.of(big)), out3, atol=0.1)
     policy.close()
     half.close()
     assert "cuda:0" in torch_device_summary()

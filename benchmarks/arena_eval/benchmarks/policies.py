@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from arena_eval.broker.spec import PolicySpec
-from arena_eval.policy_worker.policy import Policy
+from arena_eval.policy_worker.policy import Batch, Policy
 
 
 class FixedLatencyPolicy(Policy):
@@ -26,7 +26,7 @@ class FixedLatencyPolicy(Policy):
     def spec(self) -> PolicySpec:
         return PolicySpec(name="fixed-latency", action_shape=self.action_shape)
 
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        rows = next(iter(batch.values())).shape[0]
+    def infer(self, batch: Batch) -> np.ndarray:
+        rows = batch.rows
         time.sleep(self.latency_s)
         return np.zeros((rows, *self.action_shape), np.float32)

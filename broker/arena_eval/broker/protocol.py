@@ -15,12 +15,21 @@ itself is garbage:
 
 The payload (codec, schema-versioned) is a dict:
 
-    {"kind": "infer", "rid", "client", "episode_ids": [...], "starts": [...],
-     "step", "sent": unix time, "deadline": unix time, "obs": {key: array}}
+    {"kind": "infer", "rid", "client", "sent": unix time, "deadline": unix time,
+     "obs": {key: array},
+     "episode_ids": [str], "steps": [int], "starts": [bool],
+     "tasks": [str], "instructions": [str]}
+
+The five context lists are row-aligned with ``obs`` (one entry per row) or
+empty (then every row gets the default: ``""``, 0, False). They are plain
+msgpack lists of strings, ints and bools -- never object arrays, never
+pickle -- so a request stays readable from any language, and a batch's
+strings cost one msgpack list each (packed and unpacked in C).
 
 A reply is one entry on the requester's reply stream with field ``d``:
 
-    {"kind": "actions", "rid", "actions": (B, H, A), "worker", "timing": {...}}
+    {"kind": "actions", "rid", "actions": (B, H, A), "worker", "timing": {...},
+     "infos": [dict per row]}       (infos only when the policy returned them)
     {"kind": "error",   "rid", "error": reason, "worker"}
 """
 
@@ -63,12 +72,16 @@ __all__ = [
 
 @dataclass
 class InferRequest:
+    """One request: observations and their per-row context (lists, row-aligned or empty)."""
+
     rid: str
     client: str
     episode_ids: list[str]
     obs: dict[str, np.ndarray]
-    step: int = 0
-    starts: list[str] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    starts: list[bool] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    instructions: list[str] = field(default_factory=list)
     sent: float = 0.0
     deadline: float = 0.0
 
@@ -78,12 +91,23 @@ class InferRequest:
             "rid": self.rid,
             "client": self.client,
             "episode_ids": self.episode_ids,
+            "steps": self.steps,
             "starts": self.starts,
-            "step": self.step,
+            "tasks": self.tasks,
+            "instructions": self.instructions,
             "sent": self.sent,
             "deadline": self.deadline,
             "obs": self.obs,
         }
+
+    def fill_context(self, rows: int) -> None:
+        """Expand empty context lists to ``rows`` defaults; raise CodecError on a wrong length."""
+        for name, default in _CONTEXT_DEFAULTS:
+            values = getattr(self, name)
+            if not values:
+                setattr(self, name, [default] * rows)
+            elif len(values) != rows:
+                raise CodecError(f"request has {len(values)} {name} for {rows} observation rows")
 
     @classmethod
     def from_message(cls, msg: Any) -> InferRequest:
@@ -99,9 +123,11 @@ class InferRequest:
                 rid=str(msg["rid"]),
                 client=str(msg.get("client", "")),
                 episode_ids=[str(e) for e in msg.get("episode_ids") or []],
-                starts=[str(e) for e in msg.get("starts") or []],
+                steps=_typed_list(msg, "steps", int),
+                starts=_typed_list(msg, "starts", bool),
+                tasks=_typed_list(msg, "tasks", str),
+                instructions=_typed_list(msg, "instructions", str),
                 obs=dict(obs),
-                step=int(msg.get("step", 0)),
                 sent=float(msg.get("sent", 0.0)),
                 deadline=float(msg.get("deadline", 0.0)),
             )
@@ -109,16 +135,47 @@ class InferRequest:
             raise CodecError(f"malformed infer request: {exc!r}") from None
 
 
+_CONTEXT_DEFAULTS: tuple[tuple[str, object], ...] = (
+    ("episode_ids", ""),
+    ("steps", 0),
+    ("starts", False),
+    ("tasks", ""),
+    ("instructions", ""),
+)
+
+
+def _typed_list(msg: Mapping[str, Any], name: str, kind: type) -> list[Any]:
+    """``msg[name]`` as a list whose items are all exactly ``kind`` (checked at C speed)."""
+    value = msg.get(name)
+    if value is None:
+        return []
+    if type(value) is not list:
+        raise CodecError(f"request {name!r} must be a list, got {type(value).__name__}")
+    if value and not set(map(type, value)) <= {kind}:
+        bad = next(v for v in value if type(v) is not kind)
+        raise CodecError(
+            f"request {name!r} must hold only {kind.__name__} values, got {type(bad).__name__}"
+        )
+    return value
+
+
 def actions_reply(
-    rid: str, actions: np.ndarray, worker: str, timing: Mapping[str, float]
+    rid: str,
+    actions: np.ndarray,
+    worker: str,
+    timing: Mapping[str, float],
+    infos: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    msg = {
         "kind": KIND_ACTIONS,
         "rid": rid,
         "actions": actions,
         "worker": worker,
         "timing": dict(timing),
     }
+    if infos is not None:
+        msg["infos"] = infos
+    return msg
 
 
 def error_reply(rid: str, error: str, worker: str) -> dict[str, Any]:

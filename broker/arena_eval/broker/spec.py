@@ -13,6 +13,11 @@ digest of them) and, where the policy knows them, the *tasks* it serves; a
 worker with another identity is refused by a live pool, and a job for a task
 the pool does not declare fails with that reason. Specs written before these
 fields existed still load (both are then unknown and not checked).
+
+A language-conditioned policy says so (``needs_instruction``): a sim with no
+instruction for such a pool is refused before it sends anything
+(``MissingInstruction``), since a VLA fed an empty prompt does not fail -- it
+quietly does something else, and the job would report a wrong success rate.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ from arena_eval.broker.errors import ArenaEvalError, ConfigError
 
 class SpecMismatch(ArenaEvalError):
     """Observations (or a joining worker) do not match the pool's spec."""
+
+
+class MissingInstruction(SpecMismatch):
+    """Rows without a language instruction for a pool whose spec has ``needs_instruction``."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,8 @@ class PolicySpec:
     ``policy`` is the serving policy's identity (set by the worker; ``None``
     in specs from before identities). ``tasks``, when the policy declares
     them, lists the tasks it can drive (``"metaworld/door-open-v3"`` or a
-    bare ``"door-open-v3"``); ``None`` means any task.
+    bare ``"door-open-v3"``); ``None`` means any task. ``needs_instruction``:
+    every row must carry a non-empty language instruction.
     """
 
     name: str
@@ -124,6 +134,7 @@ class PolicySpec:
     extra: Mapping[str, Any] = field(default_factory=dict)
     policy: PolicyIdentity | None = None
     tasks: tuple[str, ...] | None = None
+    needs_instruction: bool = False
 
     def __post_init__(self) -> None:
         if self.tasks is not None:
@@ -160,6 +171,7 @@ class PolicySpec:
             "extra": dict(self.extra),
             "policy": None if self.policy is None else self.policy.to_dict(),
             "tasks": None if self.tasks is None else list(self.tasks),
+            "needs_instruction": self.needs_instruction,
         }
 
     def to_json(self) -> str:
@@ -179,6 +191,9 @@ class PolicySpec:
             raw_tasks = data.get("tasks")
             if raw_tasks is not None and not isinstance(raw_tasks, list):
                 raise TypeError(f"tasks must be a list, got {type(raw_tasks).__name__}")
+            needs_instruction = data.get("needs_instruction", False)
+            if not isinstance(needs_instruction, bool):
+                raise TypeError(f"needs_instruction must be a bool, got {needs_instruction!r}")
             return cls(
                 name=str(data["name"]),
                 version=str(data.get("version", "0")),
@@ -188,6 +203,7 @@ class PolicySpec:
                 extra=dict(data.get("extra") or {}),
                 policy=None if raw_policy is None else PolicyIdentity.from_dict(raw_policy),
                 tasks=None if raw_tasks is None else tuple(str(t) for t in raw_tasks),
+                needs_instruction=needs_instruction,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed policy spec: {exc!r}") from None
@@ -230,7 +246,19 @@ class PolicySpec:
             )
         if self.tasks != other.tasks:
             return f"tasks {_tasks(other.tasks)} != pool's {_tasks(self.tasks)}"
+        if self.needs_instruction != other.needs_instruction:
+            return f"needs_instruction={other.needs_instruction} != pool's {self.needs_instruction}"
         return None
+
+    def check_instructions(self, instructions: list[str]) -> None:
+        """Raise ``MissingInstruction`` if this pool needs instructions and a row has none."""
+        if self.needs_instruction and (not instructions or "" in instructions):
+            missing = instructions.count("") if instructions else "all"
+            raise MissingInstruction(
+                f"pool policy {self.name!r} is language-conditioned (needs_instruction) but "
+                f"{missing} row(s) carry no instruction; give the job an instruction for "
+                "its task (a suite's task table, or the task's --instruction)"
+            )
 
     def serves_task(self, task: str) -> bool:
         """Whether ``task`` (a job's task string) is one this policy declares (any if none).

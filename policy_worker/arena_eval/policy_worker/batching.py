@@ -22,11 +22,12 @@ rows become a 24-row forward pass. Two rules keep the cap exact and fair:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
 from arena_eval.policy_worker.entries import Pending, rows
+from arena_eval.policy_worker.policy import Batch, InferResult, split_result
 
 __all__ = ["Batcher", "ReadMore", "infer_capped", "read_count", "take_rows", "total_rows"]
 
@@ -88,18 +89,32 @@ def read_count(max_rows: int, rows_in_hand: int, rows_per_request: int) -> int:
 
 
 def infer_capped(
-    infer: Callable[[dict[str, np.ndarray]], np.ndarray],
-    obs: dict[str, np.ndarray],
-    n_rows: int,
-    max_rows: int,
-) -> tuple[np.ndarray, int]:
-    """``infer(obs)`` in calls of at most ``max_rows`` rows; return (actions, calls made)."""
+    infer: Callable[[Batch], InferResult], batch: Batch, max_rows: int
+) -> tuple[object, list[dict[str, Any]] | None, int]:
+    """``infer(batch)`` in calls of at most ``max_rows`` rows; return (actions, infos, calls).
+
+    The row context is sliced with the observations, so every call sees its
+    rows' tasks and instructions. ``infos`` is one dict per row, or None when
+    no call returned any (calls that gave none contribute empty dicts).
+    """
+    n_rows = batch.rows
     if n_rows <= max_rows:
-        return infer(obs), 1
-    parts = []
+        actions, infos = split_result(infer(batch), n_rows)
+        return actions, infos, 1
+    parts: list[object] = []
+    part_infos: list[list[dict[str, Any]] | None] = []
     for start in range(0, n_rows, max_rows):
-        parts.append(infer({k: v[start : start + max_rows] for k, v in obs.items()}))
-    for part in parts:
-        if not isinstance(part, np.ndarray):
-            return part, len(parts)  # the caller's shape check names the problem
-    return np.concatenate(parts), len(parts)
+        part = batch.slice(start, start + max_rows)
+        actions, infos = split_result(infer(part), part.rows)
+        parts.append(actions)
+        part_infos.append(infos)
+    for actions in parts:
+        if not isinstance(actions, np.ndarray):
+            return actions, None, len(parts)  # the caller's shape check names the problem
+    merged = None
+    if any(i is not None for i in part_infos):
+        merged = []
+        for start, infos in zip(range(0, n_rows, max_rows), part_infos, strict=True):
+            n = min(max_rows, n_rows - start)
+            merged.extend(infos if infos is not None else [{} for _ in range(n)])
+    return np.concatenate(cast(list[np.ndarray], parts)), merged, len(parts)

@@ -4,7 +4,9 @@ Why apart from the loop: everything in an entry was written by someone who
 can write to the pool stream, so decoding is where distrust lives -- a reply
 key that is not a client reply stream, a shared-memory ticket naming another
 client's slot, a payload whose rid disagrees with the entry's, observations
-that do not match the pool's spec. Each ends as ``Pending.error`` (then a dead
+that do not match the pool's spec, per-row context (episode ids, steps,
+starts, tasks, instructions) that is not one entry per row, rows without the
+instruction a language-conditioned pool needs. Each ends as ``Pending.error`` (then a dead
 letter, and an error reply where the requester is known), never as an
 exception in the serve loop.
 """
@@ -76,10 +78,8 @@ def decode(p: Pending, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> 
         if p.rid and request.rid != p.rid:
             raise ArenaEvalError("payload rid does not match the entry's rid field")
         n_rows = spec.check_observations(request.obs)
-        if len(request.episode_ids) not in (0, n_rows):
-            raise ArenaEvalError(
-                f"{len(request.episode_ids)} episode ids for {n_rows} observation rows"
-            )
+        request.fill_context(n_rows)  # per-row context: one entry per row, or the defaults
+        spec.check_instructions(request.instructions)
         p.request = request
     except ArenaEvalError as exc:
         p.error = f"{type(exc).__name__}: {exc}"

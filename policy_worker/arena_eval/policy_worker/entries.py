@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from arena_eval.broker import shm, transport
+from arena_eval.broker.errors import CodecError
 from arena_eval.broker.protocol import InferRequest, error_reply
 from arena_eval.broker.wire import Arg
 
@@ -65,7 +66,10 @@ def answer_commands(
     """
     commands: list[list[Arg]] = []
     for p, msg in replies:
-        commands += transport.reply_commands(p.reply, msg)
+        try:
+            commands += transport.reply_commands(p.reply, msg)
+        except CodecError as exc:  # e.g. an info dict the codec cannot carry
+            p.error = f"the reply could not be encoded: {exc}"
     dead = 0
     for p in items:
         if p.error is None:

@@ -1,7 +1,9 @@
 """One batch through the policy: concatenate, infer within the row cap, split the answers.
 
 Why apart from the loop: this is the only part that touches the model, and
-its rules are about the model, not Redis -- ``max_batch`` caps the rows of
+its rules are about the model, not Redis -- the requests' rows and their
+per-row context (episode ids, steps, starts, tasks, instructions) are
+concatenated row-aligned into one ``Batch``, ``max_batch`` caps the rows of
 every ``infer`` call (``batching.infer_capped``), the output is checked
 against the pool's spec, an ``infer`` that raises on a batch is retried
 request by request so that one bad request does not fail its neighbours, and
@@ -20,16 +22,16 @@ import numpy as np
 
 from arena_eval.broker import shm
 from arena_eval.broker.errors import ArenaEvalError
-from arena_eval.broker.protocol import actions_reply
+from arena_eval.broker.protocol import InferRequest, actions_reply
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.policy_worker.batcher import Batcher
 from arena_eval.policy_worker.batching import infer_capped
 from arena_eval.policy_worker.entries import Pending, rows
 from arena_eval.policy_worker.leases import RequestLeases
-from arena_eval.policy_worker.policy import Policy
+from arena_eval.policy_worker.policy import Batch, Policy
 from arena_eval.policy_worker.stats import WorkerStats
 
-__all__ = ["BatchRunner", "Reply"]
+__all__ = ["BatchRunner", "Reply", "request_batch"]
 
 log = logging.getLogger("arena_eval.policy_worker")
 
@@ -86,7 +88,7 @@ class BatchRunner:
 
     def _infer_batch(self, batch: list[Pending]) -> list[Reply]:
         try:
-            actions, infer_s = self._run_policy(batch)
+            actions, infos, infer_s = self._run_policy(batch)
         except Exception as exc:
             if len(batch) > 1:  # isolate the request that breaks the policy
                 out: list[Reply] = []
@@ -116,8 +118,9 @@ class BatchRunner:
                 "batch_requests": float(len(batch)),
             }
             chunk = actions[offset : offset + n]
+            row_infos = None if infos is None else infos[offset : offset + n]
             offset += n
-            out.append((p, actions_reply(p.rid, chunk, self.worker_id, timing)))
+            out.append((p, actions_reply(p.rid, chunk, self.worker_id, timing, row_infos)))
         encode_ms = (time.perf_counter() - t_enc) * 1e3
         for _p, msg in out:
             msg["timing"]["encode_ms"] = encode_ms
@@ -126,19 +129,17 @@ class BatchRunner:
         self._stats.rows += n_rows
         return out
 
-    def _run_policy(self, batch: list[Pending]) -> tuple[np.ndarray, float]:
-        requests = [p.request for p in batch if p.request is not None]
-        if len(requests) == 1:
-            obs = requests[0].obs
-        else:
-            obs = {k: np.concatenate([r.obs[k] for r in requests]) for k in requests[0].obs}
-        starts = [e for r in requests for e in r.starts]
-        if starts:
-            self.policy.reset(starts)
-        n_rows = sum(rows(p) for p in batch)
+    def _run_policy(
+        self, batch: list[Pending]
+    ) -> tuple[np.ndarray, list[dict[str, Any]] | None, float]:
+        rows_batch = Batch.concat([request_batch(p.request) for p in batch if p.request])
+        if rows_batch.starts.any():
+            ids = rows_batch.episode_ids
+            self.policy.reset([ids[i] for i in np.flatnonzero(rows_batch.starts).tolist()])
+        n_rows = rows_batch.rows
         self._batcher.served(batch)
         t0 = time.perf_counter()
-        actions, calls = infer_capped(self.policy.infer, obs, n_rows, self.max_batch)
+        actions, infos, calls = infer_capped(self.policy.infer, rows_batch, self.max_batch)
         self._stats.infer_calls += calls
         infer_s = time.perf_counter() - t0
         self._stats.infer_s += infer_s
@@ -148,4 +149,16 @@ class BatchRunner:
             raise ArenaEvalError(f"policy returned {got}, expected {expected}")
         if actions.dtype.name != self.spec.action_dtype:
             actions = actions.astype(self.spec.action_dtype)
-        return actions, infer_s
+        return actions, infos, infer_s
+
+
+def request_batch(request: InferRequest) -> Batch:
+    """One decoded request as a ``Batch`` (its context lists already one entry per row)."""
+    return Batch(
+        obs=request.obs,
+        episode_ids=request.episode_ids,
+        steps=np.array(request.steps, np.int64),
+        starts=np.array(request.starts, np.bool_),
+        tasks=request.tasks,
+        instructions=request.instructions,
+    )

@@ -4,6 +4,8 @@ A pool returns ``(B, H, A)`` chunks. Each env consumes its chunk one action
 per step and asks again only when the chunk runs out or its episode changes,
 and only the rows that need a new chunk are sent: with staggered episodes a
 request carries a few rows, not all N (the seed sent every env each time).
+Each row travels with its context (episode id, step, start flag, task,
+instruction), so the policy worker can batch rows of many tasks together.
 """
 
 from __future__ import annotations
@@ -16,13 +18,29 @@ from arena_eval.sim_worker.client import PolicyClient
 
 
 class ChunkedPolicy:
-    def __init__(self, client: PolicyClient, num_envs: int) -> None:
+    """Per-env chunk buffers over a ``PolicyClient``; sends each row with its context.
+
+    Every row sent carries its episode id, its step in the episode (counted
+    here: the number of actions its env took since the episode started),
+    whether the episode just started (true on the first request of an
+    episode), and the task and instruction -- one task per rollout, set here
+    or per ``act`` call. A pool that needs instructions refuses rows without
+    one (``MissingInstruction``, raised by the client before sending).
+    """
+
+    def __init__(
+        self, client: PolicyClient, num_envs: int, *, task: str = "", instruction: str = ""
+    ) -> None:
         self.client = client
         spec = client.spec or client.connect()
         self.horizon, self.action_dim = spec.action_shape
         self.num_envs = num_envs
+        self.task = task
+        self.instruction = instruction
         self._chunks = np.zeros((num_envs, self.horizon, self.action_dim), np.float32)
         self._index = np.full(num_envs, self.horizon, np.int64)  # == horizon: empty
+        self._steps = np.zeros(num_envs, np.int64)  # step in the current episode
+        self._fresh = np.zeros(num_envs, np.bool_)  # started, not yet sent
         self._episodes: list[str | None] = [None] * num_envs
         self.requests = 0
         self.rows_requested = 0
@@ -39,19 +57,24 @@ class ChunkedPolicy:
         obs: Mapping[str, np.ndarray],
         episode_ids: Sequence[str | int],
         *,
-        step: int = 0,
         active: np.ndarray | None = None,
+        task: str | None = None,
+        instruction: str | None = None,
     ) -> np.ndarray:
         """One action per env, ``(N, A)``; fetches chunks for the envs that need them.
 
         ``active`` (bool, N) excludes envs that are idle (e.g. done, with no
         episode left to run): they get no request and a zero action.
+        ``task``/``instruction`` override the ones given at construction.
         """
         ids = [str(e) for e in episode_ids]
         starts = [i for i in range(self.num_envs) if ids[i] != self._episodes[i]]
         for i in starts:
             self._index[i] = self.horizon
             self._episodes[i] = ids[i]
+        if starts:
+            self._steps[starts] = 0
+            self._fresh[starts] = True
         need = self._index >= self.horizon
         if active is not None:
             need &= active
@@ -59,11 +82,15 @@ class ChunkedPolicy:
         if rows.size:
             everyone = rows.size == self.num_envs
             sub = dict(obs) if everyone else {k: v[rows] for k, v in obs.items()}
-            row_ids = [ids[i] for i in rows.tolist()]
-            start_set = {ids[i] for i in starts}
             chunk = self.client.infer(
-                sub, row_ids, step=step, starts=[e for e in row_ids if e in start_set]
+                sub,
+                [ids[i] for i in rows.tolist()],
+                steps=self._steps if everyone else self._steps[rows],
+                starts=self._fresh if everyone else self._fresh[rows],
+                tasks=self.task if task is None else task,
+                instructions=self.instruction if instruction is None else instruction,
             )
+            self._fresh[rows] = False
             self._chunks[rows] = chunk
             self._index[rows] = 0
             self.requests += 1
@@ -73,6 +100,8 @@ class ChunkedPolicy:
         if active is not None:
             actions[~active] = 0.0
             self._index[active] += 1
+            self._steps[active] += 1
         else:
             self._index += 1
+            self._steps += 1
         return actions

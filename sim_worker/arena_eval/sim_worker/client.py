@@ -117,6 +117,8 @@ class PolicyClient:
         self._local_worker = False
         self.spec: PolicySpec | None = None
         self.last_timing: dict[str, float] = {}
+        #: The per-row info dicts of the last reply, when the policy gave them.
+        self.last_infos: list[dict[str, Any]] | None = None
         self.duplicates_dropped = 0
         self.requests_sent = 0
         if handshake:
@@ -151,23 +153,38 @@ class PolicyClient:
         obs: Mapping[str, np.ndarray],
         episode_ids: Sequence[str | int],
         *,
-        step: int = 0,
-        starts: Sequence[str | int] = (),
+        steps: int | Sequence[int] | np.ndarray | None = None,
+        starts: bool | Sequence[bool] | np.ndarray | None = None,
+        tasks: str | Sequence[str] = "",
+        instructions: str | Sequence[str] = "",
     ) -> np.ndarray:
-        """Actions ``(B, H, A)`` for ``B`` observation rows, in one round trip."""
+        """Actions ``(B, H, A)`` for ``B`` observation rows, in one round trip.
+
+        Each row's context travels with it: ``steps`` (its step in the
+        episode), ``starts`` (the episode just started), ``tasks`` and
+        ``instructions`` -- each one value per row, or one value for all rows.
+        A pool whose spec ``needs_instruction`` gets no row without one
+        (``MissingInstruction``, before anything is sent). Per-row info dicts
+        the policy returned are in ``last_infos`` afterwards (else None).
+        """
         spec = self.spec or self.connect()
         rows = spec.check_observations(obs)
         if len(episode_ids) != rows:
             raise SpecMismatch(f"{len(episode_ids)} episode ids for {rows} observation rows")
+        task_list = _per_row(tasks, rows, "tasks")
+        instruction_list = _per_row(instructions, rows, "instructions")
+        spec.check_instructions(instruction_list)
         t0 = time.perf_counter()
         now = time.time()
         request = InferRequest(
             rid=uuid.uuid4().hex,
             client=self.client_id,
             episode_ids=[str(e) for e in episode_ids],
-            starts=[str(e) for e in starts],
+            steps=_row_values(steps, rows, np.int64, "steps"),
+            starts=_row_values(starts, rows, np.bool_, "starts"),
+            tasks=task_list,
+            instructions=instruction_list,
             obs=dict(obs),
-            step=step,
             sent=now,
             deadline=now + self.timeout_s,
         )
@@ -181,6 +198,10 @@ class PolicyClient:
         if not isinstance(actions, np.ndarray) or actions.shape != expected:
             got = getattr(actions, "shape", type(actions).__name__)
             raise RemotePolicyError(f"pool returned actions of shape {got}, expected {expected}")
+        infos = reply.get("infos")
+        if infos is not None and (not isinstance(infos, list) or len(infos) != rows):
+            raise RemotePolicyError(f"pool returned infos that are not one dict per row: {infos!r}")
+        self.last_infos = infos
         timing = {k: float(v) for k, v in (reply.get("timing") or {}).items()}
         timing.update(
             encode_client_ms=(t_encoded - t0) * 1e3,
@@ -301,6 +322,33 @@ class PolicyClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _per_row(value: str | Sequence[str], rows: int, name: str) -> list[str]:
+    """One string per row: a str applies to all rows (a list multiply, no Python loop)."""
+    if isinstance(value, str):
+        return [value] * rows
+    out = list(value)
+    if len(out) != rows:
+        raise SpecMismatch(f"{len(out)} {name} for {rows} observation rows")
+    if out and not set(map(type, out)) <= {str}:
+        raise SpecMismatch(f"{name} must be strings (UTF-8 text)")
+    return out
+
+
+def _row_values(
+    value: Any, rows: int, dtype: type[np.int64] | type[np.bool_], name: str
+) -> list[Any]:
+    """Per-row ints or bools as a plain list (msgpack ints/bools); a scalar applies to all rows."""
+    if value is None:
+        return []  # the default for every row, sent as an empty list
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return [arr.astype(dtype).item()] * rows
+    if arr.shape != (rows,):
+        raise SpecMismatch(f"{name} has shape {list(arr.shape)}, expected one per row ({rows})")
+    out: list[Any] = arr.astype(dtype, copy=False).tolist()
+    return out
 
 
 def _default_compression(r: redis.Redis) -> str:

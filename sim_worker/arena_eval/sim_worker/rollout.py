@@ -7,6 +7,10 @@ E slots stay busy and the result of episode ``i`` depends only on ``i``'s
 seed, never on which slot or worker ran it. Slots with nothing left to run
 are inactive: they get no policy rows and their env rows are ignored.
 
+Every policy row carries its context (``ChunkedPolicy``): the episode id
+``job:index``, its step, the start flag, and the rollout's one task and
+instruction, so a pool can batch rows of many tasks together.
+
 The loop touches Redis only through the policy request itself; finished
 episodes and the per-request timings are handed to ``on_episodes`` (the sim
 worker flushes them in one pipelined round trip) once per step in which at
@@ -31,8 +35,14 @@ from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.envs.base import VectorEnv
 
 
-def spec_mismatch(env: VectorEnv, spec: PolicySpec, job: JobSpec) -> str | None:
-    """Why the pool cannot drive this env (None if it can); checked before any request."""
+def spec_mismatch(
+    env: VectorEnv, spec: PolicySpec, job: JobSpec, *, instruction: str = ""
+) -> str | None:
+    """Why the pool cannot drive this env (None if it can); checked before any request.
+
+    ``instruction`` is the one the rollout would send: a pool whose policy
+    ``needs_instruction`` cannot be driven without one.
+    """
     if not spec.serves_task(job.task):
         return (
             f"pool {job.pool!r} serves policy {spec.name!r} for tasks {spec.describe_tasks()}, "
@@ -43,6 +53,12 @@ def spec_mismatch(env: VectorEnv, spec: PolicySpec, job: JobSpec) -> str | None:
         return (
             f"task {job.task!r} takes {env.action_dim()}-dim actions but pool {job.pool!r} "
             f"(policy {spec.name!r}) returns {spec.action_dim}-dim actions"
+        )
+    if spec.needs_instruction and not instruction:
+        return (
+            f"pool {job.pool!r} serves policy {spec.name!r}, which is language-conditioned "
+            f"(needs_instruction), but task {job.task!r} has no instruction; give the job "
+            "an instruction for the task (suites carry one per task)"
         )
     sample = {k: np.zeros((1, *f.shape), f.dtype) for k, f in env.observation_spec().items()}
     try:
@@ -123,7 +139,7 @@ class _Slots:
             self.final[name][seen] = values[seen]
             self.peak[name][seen] = np.fmax(self.peak[name][seen], values[seen])
 
-    def result(self, k: int, success: bool, worker: str, now: float) -> EpisodeResult:
+    def result(self, k: int, success: bool, worker: str, now: float, task: str) -> EpisodeResult:
         metrics: dict[str, float | None] = {}
         for name in sorted(self.final):
             metrics[name] = finite(self.final[name][k])
@@ -138,6 +154,7 @@ class _Slots:
             worker=worker,
             wall_s=round(now - float(self.started[k]), 4),
             finished_at=now,
+            task=task,
         )
 
 
@@ -152,11 +169,15 @@ def run_episodes(
     should_stop: Callable[[], bool] = lambda: False,
     worker: str = "",
     progress: Callable[[int], None] | None = None,
+    task: str = "",
+    instruction: str = "",
 ) -> int:
     """Run episodes ``indices`` on ``env``; return how many finished (stops early on request).
 
-    Each result goes to ``on_episodes`` as an ``EpisodeResult`` (``broker/episode.py``).
-    ``should_stop`` is polled once per step (keep it cheap: an Event, not a Redis call).
+    Each result goes to ``on_episodes`` as an ``EpisodeResult`` (``broker/episode.py``)
+    with ``task`` set. ``should_stop`` is polled once per step (keep it cheap: an Event,
+    not a Redis call). ``task`` and ``instruction`` go with every policy row (one task
+    per rollout; the unit runner passes the job's task and its instruction).
     """
     todo = deque(indices)
     if not todo:
@@ -165,26 +186,24 @@ def run_episodes(
     stats = RolloutStats()
     finished = 0
     obs = _start(env, slots, range(env.num_envs), todo, seed_of)
-    step = 0
     while slots.active.any():
         if should_stop():
             return finished
         active = slots.active
         ids = [f"{job_id}:{i}" if i >= 0 else "" for i in slots.index.tolist()]
         requests, rows = policy.requests, policy.rows_requested
-        actions = policy.act(obs, ids, step=step, active=active)
+        actions = policy.act(obs, ids, active=active, task=task, instruction=instruction)
         if policy.requests != requests:
             stats.add_request(policy.client.last_timing, policy.rows_requested - rows)
         result = env.step(actions)
         obs = result.obs
-        step += 1
         stats.steps += int(active.sum())
         slots.record(active, result.reward, result.metrics)
         ended = np.flatnonzero(result.done & active).tolist()
         if not ended:
             continue
         now = time.time()
-        batch = [slots.result(k, bool(result.success[k]), worker, now) for k in ended]
+        batch = [slots.result(k, bool(result.success[k]), worker, now, task) for k in ended]
         finished += len(batch)
         on_episodes(batch, stats.take())
         if progress is not None:

@@ -26,7 +26,7 @@ from arena_eval.policy_worker.builtins.args import (
     parse_int,
     parse_obs_spec,
 )
-from arena_eval.policy_worker.policy import ArgDoc, Policy, batch_rows
+from arena_eval.policy_worker.policy import ArgDoc, Batch, Policy
 
 __all__ = ["RandomPolicy", "ZeroPolicy"]
 
@@ -83,8 +83,8 @@ class ZeroPolicy(Policy):
     def identity_params(self) -> dict[str, str]:
         return {}  # shapes and dtypes are in the spec itself
 
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return np.zeros((batch_rows(batch), *self._tail), dtype=self._dtype)
+    def infer(self, batch: Batch) -> np.ndarray:
+        return np.zeros((batch.rows, *self._tail), dtype=self._dtype)
 
 
 class RandomPolicy(ZeroPolicy):
@@ -127,8 +127,8 @@ class RandomPolicy(ZeroPolicy):
     def identity_params(self) -> dict[str, str]:
         return {"seed": str(self._seed), "low": repr(self._low), "high": repr(self._high)}
 
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        shape = (batch_rows(batch), *self._tail)
+    def infer(self, batch: Batch) -> np.ndarray:
+        shape = (batch.rows, *self._tail)
         if self._dtype in (np.float32, np.float64):
             out = self._rng.random(shape, dtype=self._dtype)
             out *= self._high - self._low

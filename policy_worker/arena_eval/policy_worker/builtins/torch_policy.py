@@ -34,7 +34,7 @@ from arena_eval.policy_worker.builtins.torch_checkpoint import (
     load_model,
     torch_dtype,
 )
-from arena_eval.policy_worker.policy import ArgDoc, Policy, batch_rows, check_actions
+from arena_eval.policy_worker.policy import ArgDoc, Batch, Policy, check_actions
 
 try:
     import torch
@@ -226,11 +226,12 @@ class TorchPolicy(Policy):
         return {"checkpoint_sha256": self._checkpoint_sha256, "dtype": self._dtype_key}
 
     # -- inference ---------------------------------------------------------------------
-    def infer(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        rows = batch_rows(batch)
+    def infer(self, batch: Batch) -> np.ndarray:
+        rows = batch.rows
+        obs = batch.obs
         try:
             with torch.inference_mode(), self._autocast():
-                inputs = self._inputs_cuda(batch) if self._cuda else self._inputs_cpu(batch)
+                inputs = self._inputs_cuda(obs) if self._cuda else self._inputs_cpu(obs)
                 out = self._model(inputs)
                 actions = self._outputs(out, rows)  # on cuda: ends with a stream sync
         except BaseException:
@@ -302,10 +303,12 @@ class TorchPolicy(Policy):
 
     def _warmup(self) -> None:
         assert self._spec.observations is not None
-        batch = {
-            key: np.zeros((1, *field.shape), dtype=field.dtype)
-            for key, field in self._spec.observations.items()
-        }
+        batch = Batch.of(
+            {
+                key: np.zeros((1, *field.shape), dtype=field.dtype)
+                for key, field in self._spec.observations.items()
+            }
+        )
         try:
             self.infer(batch)
         except ArenaEvalError as exc:
