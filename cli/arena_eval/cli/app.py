@@ -81,6 +81,7 @@ def _register_subcommands() -> None:
         app.add_typer(group, name=name)
     app.command("up")(stack_cmd.up_cmd)
     app.command("demo")(stack_cmd.demo_cmd)
+    app.command("report")(importlib.import_module("arena_eval.cli.report_cmd").report_cmd)
 
 
 _register_subcommands()

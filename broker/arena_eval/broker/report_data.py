@@ -1,0 +1,178 @@
+"""What ``arena-eval report`` shows, gathered from Redis as plain JSON-ready data.
+
+Why a separate data step: the report's figures are only as trustworthy as the numbers behind
+them, so those numbers come from the same functions ``status``, ``results`` and ``compare``
+use (one definition of every figure), and are gathered here, where Redis is read, into a dict
+the renderer only draws. Plotting stays out of the broker and the workers (it is the
+``[report]`` extra, used by the CLI), and a test can check the data without a browser.
+
+Per job: its record (spec, state, times), one row per task (success with its 95 % Wilson
+interval, episodes, mean length), every episode's task, length, success and finish time
+(episode lengths, throughput over time), and from the stats hash the round-trip histogram and
+where each request's time went: in the policy worker (decode, infer, encode), waiting in the
+pool (queue: the batching window and a busy pool), in transport (the rest of the round trip:
+client encode, Redis, the network), and, when the sim workers record it (``sum:sim_ms``), in
+the simulator. Two jobs get the paired comparison too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from arena_eval.broker import status
+from arena_eval.broker.job_view import read_job_view
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.metrics import (
+    BUCKETS_PER_OCTAVE,
+    SUM_PREFIX,
+    LatencyHistogram,
+    ratio,
+    summarize_stats,
+    wilson_interval,
+)
+from arena_eval.broker.results import checked_stats, read_stats
+
+#: Stats field the sim workers add their env step/reset time to (milliseconds), if they do.
+SIM_MS_FIELD = f"{SUM_PREFIX}sim_ms"
+#: The parts of one request's round trip, as ``time_split`` names them, in drawing order.
+SPLIT_PARTS = ("infer", "decode", "encode", "queue", "transport")
+
+
+def report_data(
+    r: redis.Redis, keys: Keys, job_ids: Sequence[str], warnings: list[str]
+) -> dict[str, Any]:
+    """Everything the report draws for ``job_ids`` (in that order), plus the comparison of
+    the first two when exactly two are given. Bad fields go to ``warnings``."""
+    jobs = [job_data(r, keys, job_id, warnings) for job_id in job_ids]
+    comparison = None
+    if len(job_ids) == 2:
+        comparison = compare_data(r, keys, job_ids[0], job_ids[1], warnings)
+    return {"generated": time.time(), "jobs": jobs, "comparison": comparison}
+
+
+def job_data(r: redis.Redis, keys: Keys, job_id: str, warnings: list[str]) -> dict[str, Any]:
+    """One job's record, per-task rows, episodes, latency histogram and time split."""
+    view = read_job_view(r, keys, job_id, warnings)
+    results = status.results_report(r, keys, job_id, warnings)
+    stats = checked_stats(read_stats(r, keys, job_id), keys.job_stats(job_id), warnings)
+    summary = summarize_stats(stats, view.elapsed_s())
+    episodes = results["episodes"]
+    tasks = results.get("tasks") or per_task_rows(episodes, _spec_tasks(view.spec))
+    return {
+        "job_id": view.job_id,
+        "state": view.state,
+        "reason": view.reason,
+        "spec": view.spec,
+        "created": view.created,
+        "started": view.started,
+        "finished": view.finished,
+        "total": view.total,
+        "tasks": tasks,
+        "suite": results.get("suite"),
+        "metrics": results["metrics"],
+        "episodes": [_episode_row(e, _spec_tasks(view.spec)) for e in episodes],
+        "latency": latency_buckets(LatencyHistogram.from_fields(stats)),
+        "summary": summary,
+        "split": time_split(stats),
+    }
+
+
+def compare_data(
+    r: redis.Redis, keys: Keys, job_a: str, job_b: str, warnings: list[str]
+) -> dict[str, Any]:
+    """The paired comparison of two jobs (``status.compare_report``: per task and overall)."""
+    return status.compare_report(r, keys, job_a, job_b, warnings)  # type: ignore[attr-defined,no-any-return]
+
+
+def _spec_tasks(spec: dict[str, Any]) -> list[str]:
+    tasks = spec.get("tasks")
+    if isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks):
+        return list(tasks)
+    task = spec.get("task")
+    return [task] if isinstance(task, str) else [""]
+
+
+def _episode_row(episode: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+    return {
+        "index": episode.get("index"),
+        "task": episode.get("task") or tasks[0],
+        "success": bool(episode.get("success")),
+        "length": episode.get("length"),
+        "wall_s": episode.get("wall_s"),
+        "finished_at": episode.get("finished_at"),
+    }
+
+
+def per_task_rows(episodes: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per task (in ``tasks`` order, then any other task seen): episodes, successes,
+    success rate with its 95 % Wilson interval, mean length. Rows without a task count for
+    the first task (results from before tasks were stored)."""
+    order = list(tasks)
+    groups: dict[str, list[dict[str, Any]]] = {t: [] for t in order}
+    for e in episodes:
+        task = e.get("task") or order[0]
+        groups.setdefault(task, []).append(e)
+    rows = []
+    for task, eps in groups.items():
+        n = len(eps)
+        s = sum(1 for e in eps if e.get("success"))
+        low, high = wilson_interval(s, n)
+        lengths = [float(e["length"]) for e in eps if e.get("length") is not None]
+        rows.append(
+            {
+                "task": task,
+                "episodes": n,
+                "successes": s,
+                "success_rate": ratio(s, n),
+                "wilson_low": low,
+                "wilson_high": high,
+                "mean_length": ratio(sum(lengths), len(lengths)),
+            }
+        )
+    return rows
+
+
+def latency_buckets(hist: LatencyHistogram) -> list[dict[str, float]]:
+    """The round-trip histogram as bars: each bucket's bounds (ms), midpoint and count."""
+    out = []
+    for bucket in sorted(hist.counts):
+        count = hist.counts[bucket]
+        if count <= 0:
+            continue
+        out.append(
+            {
+                "low_ms": 2.0 ** (bucket / BUCKETS_PER_OCTAVE),
+                "high_ms": 2.0 ** ((bucket + 1) / BUCKETS_PER_OCTAVE),
+                "ms": 2.0 ** ((bucket + 0.5) / BUCKETS_PER_OCTAVE),
+                "count": float(count),
+            }
+        )
+    return out
+
+
+def time_split(stats: dict[str, float]) -> dict[str, Any]:
+    """Where the job's time went, in total milliseconds over all its requests.
+
+    ``infer``/``decode``/``encode`` are the policy worker's, ``queue`` is time in the pool
+    before a worker took the request, ``transport`` is the rest of the round trip;
+    ``sim`` is the simulators' time when recorded (``None`` otherwise). Per request means
+    divide by ``requests``.
+    """
+
+    def total(name: str) -> float:
+        return float(stats.get(SUM_PREFIX + name, 0.0))
+
+    parts = {p: total(f"{p}_ms") for p in ("infer", "decode", "encode", "queue")}
+    round_trip = total("round_trip_ms")
+    parts["transport"] = max(0.0, round_trip - sum(parts.values()))
+    sim = stats.get(SIM_MS_FIELD)
+    return {
+        "requests": int(stats.get("requests", 0)),
+        "round_trip_ms": round_trip,
+        "policy_ms": {p: parts[p] for p in SPLIT_PARTS},
+        "sim_ms": None if sim is None else float(sim),
+    }
