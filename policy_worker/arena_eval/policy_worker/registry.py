@@ -51,6 +51,7 @@ BUILTIN_POLICIES: Mapping[str, str] = {
     "random": "arena_eval.policy_worker.builtins.simple:RandomPolicy",
     "metaworld-expert": "arena_eval.policy_worker.builtins.metaworld_expert:MetaWorldExpertPolicy",
     "torch": "arena_eval.policy_worker.builtins.torch_policy:TorchPolicy",
+    "pusht-heuristic": "arena_eval.policy_worker.builtins.pusht_heuristic:PushTHeuristicPolicy",
 }
 
 _SYNTAXES = (
