@@ -84,9 +84,12 @@ def _import_pusht() -> Any:
             "or replace OpenCV with its headless build (pip uninstall -y opencv-python "
             "opencv-python-headless && pip install opencv-python-headless)"
         ) from exc
-    require("gym_pusht", purpose="PushT tasks")
-    from gym_pusht.envs.pusht import PushTEnv
-
+    try:
+        from gym_pusht.envs.pusht import PushTEnv
+    except ModuleNotFoundError as exc:
+        raise MissingSimDependency(
+            f"PushT tasks need gym-pusht and its dependencies (missing {exc.name!r}): {_INSTALL}"
+        ) from exc
     return PushTEnv
 
 
