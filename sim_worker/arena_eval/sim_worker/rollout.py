@@ -68,6 +68,11 @@ def spec_mismatch(
     return None
 
 
+#: Milliseconds spent in the simulator (env steps and resets), summed per job: with
+#: ``sum:round_trip_ms`` it splits a job's time between sim and policy (``arena-eval report``).
+SIM_MS_SUM = f"{SUM_PREFIX}sim_ms"
+
+
 @dataclass
 class RolloutStats:
     """Work done since the last flush: counters, timing sums, latency histogram."""
@@ -87,6 +92,9 @@ class RolloutStats:
                 self.sums[key] = self.sums.get(key, 0.0) + float(timing[name])
         if "round_trip_ms" in timing:
             self.hist.add(float(timing["round_trip_ms"]))
+
+    def add_sim(self, seconds: float) -> None:
+        self.sums[SIM_MS_SUM] = self.sums.get(SIM_MS_SUM, 0.0) + seconds * 1e3
 
     def counters(self) -> dict[str, int]:
         return {"steps": self.steps, "requests": self.requests, "rows": self.rows,
@@ -185,7 +193,9 @@ def run_episodes(
     slots = _Slots(env.num_envs)
     stats = RolloutStats()
     finished = 0
+    t_sim = time.perf_counter()
     obs = _start(env, slots, range(env.num_envs), todo, seed_of)
+    stats.add_sim(time.perf_counter() - t_sim)
     while slots.active.any():
         if should_stop():
             return finished
@@ -195,7 +205,9 @@ def run_episodes(
         actions = policy.act(obs, ids, active=active, task=task, instruction=instruction)
         if policy.requests != requests:
             stats.add_request(policy.client.last_timing, policy.rows_requested - rows)
+        t_sim = time.perf_counter()
         result = env.step(actions)
+        stats.add_sim(time.perf_counter() - t_sim)
         obs = result.obs
         stats.steps += int(active.sum())
         slots.record(active, result.reward, result.metrics)
@@ -209,7 +221,9 @@ def run_episodes(
         if progress is not None:
             progress(finished)
         slots.index[ended] = -1
+        t_sim = time.perf_counter()
         obs = _start(env, slots, ended, todo, seed_of, obs)
+        stats.add_sim(time.perf_counter() - t_sim)
     return finished
 
 
