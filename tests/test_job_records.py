@@ -222,11 +222,17 @@ def test_results_csv_and_json_are_stable(
     assert out.exit_code == 0, out.output
     rows = list(csv.reader(io.StringIO(out.stdout)))
     assert rows[0] == ["index", "seed", "success", "return", "length", "wall_s", "worker",
-                       "finished_at", "m.max_obj", "m.obj"]  # fmt: skip
+                       "finished_at", "task", "task_episode", "m.max_obj", "m.obj"]  # fmt: skip
     assert [row[0] for row in rows[1:]] == ["0", "1"]
+    # rows stored without a task read as the job's one task, with their index in it
+    assert [row[8:10] for row in rows[1:]] == [["CartPole-v1", "0"], ["CartPole-v1", "1"]]
     out = runner.invoke(app, ["results", job_id, "--format", "json"], env=cli_env(settings))
     report = json.loads(out.stdout)
-    assert set(report) == {"job_id", "state", "reason", "spec", "metrics", "episodes"}
+    assert set(report) == {
+        "job_id", "state", "reason", "spec", "metrics", "tasks", "suite", "episodes",
+    }  # fmt: skip
+    assert [t["task"] for t in report["tasks"]] == ["CartPole-v1"]
+    assert report["tasks"][0]["episodes"] == 2 and report["suite"]["score"] == 0.5
     assert set(report["metrics"]) == {
         "num_episodes", "successes", "success_rate", "wilson_low", "wilson_high",
         "mean_length", "mean_return", "metric_means",

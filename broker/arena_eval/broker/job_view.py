@@ -89,7 +89,9 @@ def view_from_hash(job_id: str, data: Mapping[Any, Any], key: str, warnings: lis
         return number(warnings, key, field, d[field]) if d.get(field) else None
 
     total = (
-        valid.episodes if valid else number(warnings, key, "total", d.get("total", 0), counter=True)
+        valid.total_episodes
+        if valid
+        else number(warnings, key, "total", d.get("total", 0), counter=True)
     )
     return JobView(
         job_id=job_id,
@@ -117,7 +119,7 @@ def _spec(raw: Any, key: str, warnings: list[str]) -> tuple[dict[str, Any], JobS
         warn_field(warnings, key, "spec", raw, "not a JSON object")
         return {}, None
     try:
-        spec = JobSpec(**{k: data[k] for k in data if k in JobSpec.__dataclass_fields__})
+        spec = JobSpec.from_dict(data)
     except (ArenaEvalError, TypeError) as exc:
         warn_field(warnings, key, "spec", raw, f"not a valid job spec ({exc})")
         return data, None

@@ -25,7 +25,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -102,8 +102,14 @@ ALL_RESULTS = "all_results"
 class JobSpec:
     """What to evaluate. Results depend only on this, never on the workers that ran it.
 
-    Episode ``i`` is reset with seed ``seed + i``. ``num_envs=None`` lets each
-    sim worker use its own default; ``max_steps=None`` is the task's horizon.
+    A job runs ``episodes`` episodes of each task in ``tasks`` (a suite, e.g. Meta-World
+    MT10, is one job; a single-task job is a suite of one: ``tasks == (task,)``, and
+    ``task`` is always ``tasks[0]``). Task ``k``'s episode ``i`` is stored under the global
+    index ``k * episodes + i`` and reset with seed ``seed + i``: the seed depends only on
+    (task, episode index), never on how work was split, and a single-task job's seeds are
+    what they always were. ``num_envs=None`` lets each sim worker use its own default;
+    ``max_steps=None`` is the task's horizon. ``suite`` names the suite the tasks came from
+    (for reports; None for a hand-picked list).
     """
 
     task: str
@@ -115,27 +121,66 @@ class JobSpec:
     shard_size: int | None = None
     camera: str | None = None
     image_size: int = 224
+    tasks: tuple[str, ...] = ()
+    suite: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.task or any(c in self.task for c in "\r\n\t "):
-            raise ConfigError(f"invalid task {self.task!r}: e.g. 'metaworld/door-open-v3'")
+        tasks = tuple(self.tasks) if self.tasks else (self.task,)
+        object.__setattr__(self, "tasks", tasks)
+        if not self.task:
+            object.__setattr__(self, "task", tasks[0])
+        for task in tasks:
+            if not isinstance(task, str) or not task or any(c in task for c in "\r\n\t "):
+                raise ConfigError(f"invalid task {task!r}: e.g. 'metaworld/door-open-v3'")
+        if self.task != tasks[0]:
+            raise ConfigError(f"task {self.task!r} must be the first of tasks {list(tasks)}")
+        if len(set(tasks)) != len(tasks):
+            raise ConfigError(f"tasks must not repeat: {list(tasks)}")
+        if self.suite is not None and not isinstance(self.suite, str):
+            raise ConfigError(f"suite must be a name, got {self.suite!r}")
         check_name("pool", self.pool)
         _check_int("episodes", self.episodes, 1, MAX_EPISODES)
+        _check_int("tasks", len(tasks), 1, MAX_EPISODES // self.episodes)
         _check_int("num_envs", self.num_envs, 1, 4096)
         _check_int("max_steps", self.max_steps, 1, 10**9)
         _check_int("seed", self.seed, 0, 2**62)
         _check_int("shard_size", self.shard_size, 1, MAX_EPISODES)
         _check_int("image_size", self.image_size, 1, 8192)
 
+    @property
+    def total_episodes(self) -> int:
+        """Episodes of the whole job: ``episodes`` per task."""
+        return self.episodes * len(self.tasks)
+
     def effective_shard_size(self) -> int:
         default = DEFAULT_SHARD_FACTOR * (self.num_envs or DEFAULT_NUM_ENVS)
         return min(self.episodes, self.shard_size or default)
 
     def shards(self) -> list[tuple[int, int]]:
-        return split_shards(self.episodes, self.effective_shard_size())
+        """Units as (global start, count): each holds episodes of one task only."""
+        size = self.effective_shard_size()
+        return [
+            (k * self.episodes + start, count)
+            for k in range(len(self.tasks))
+            for start, count in split_shards(self.episodes, size)
+        ]
+
+    def locate(self, index: int) -> tuple[int, str, int]:
+        """(task position, task, episode index within the task) of global episode ``index``."""
+        if not 0 <= index < self.total_episodes:
+            raise ValueError(f"episode {index} is not in [0, {self.total_episodes})")
+        pos, i = divmod(index, self.episodes)
+        return pos, self.tasks[pos], i
 
     def episode_seed(self, index: int) -> int:
-        return self.seed + index
+        """Reset seed of global episode ``index``: ``seed`` + its index within its task."""
+        return self.seed + index % self.episodes
+
+    def for_task(self, task: str) -> JobSpec:
+        """This spec narrowed to one of its tasks (what a unit's env is built from)."""
+        if task not in self.tasks:
+            raise ValueError(f"task {task!r} is not one of {list(self.tasks)}")
+        return replace(self, task=task, tasks=(task,), suite=None)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -143,10 +188,19 @@ class JobSpec:
     @classmethod
     def from_json(cls, text: str | bytes) -> JobSpec:
         try:
-            data = json.loads(text)
-            return cls(**{k: data[k] for k in data if k in cls.__dataclass_fields__})
+            return cls.from_dict(json.loads(text))
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"malformed job spec: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        """A spec from its stored JSON object (unknown keys ignored; ``tasks`` as a list)."""
+        known = {k: data[k] for k in data if k in cls.__dataclass_fields__}
+        if isinstance(known.get("tasks"), list):
+            known["tasks"] = tuple(known["tasks"])
+        if not isinstance(known.get("tasks", ()), tuple):
+            raise ConfigError(f"tasks must be a list of task names, got {known['tasks']!r}")
+        return cls(**known)
 
 
 @dataclass(frozen=True)
@@ -163,7 +217,7 @@ class Job:
 
     @property
     def total(self) -> int:
-        return self.spec.episodes
+        return self.spec.total_episodes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -219,7 +273,7 @@ def submit(r: redis.Redis, keys: Keys, spec: JobSpec, *, job_id: str | None = No
             "state": JobState.QUEUED.value,
             "reason": "",
             "created": repr(now),
-            "total": spec.episodes,
+            "total": spec.total_episodes,
         },
     )
     pipe.zadd(keys.jobs(), {job_id: now})

@@ -37,8 +37,10 @@ from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import HIST_PREFIX
 
 #: Fixed leading columns of ``results --format csv`` (then ``m.<metric>``, sorted).
+#: ``task`` and ``task_episode`` came last, so the earlier columns keep their positions.
 RESULT_COLUMNS = (
     "index", "seed", "success", "return", "length", "wall_s", "worker", "finished_at",
+    "task", "task_episode",
 )  # fmt: skip
 _ARGS_PER_EPISODE = 5
 

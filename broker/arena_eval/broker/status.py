@@ -19,15 +19,20 @@ none of them raises on a bad field: each one goes to the caller's
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
 
 from arena_eval.broker import fleet, pool
+from arena_eval.broker.compare import compare_episodes
+from arena_eval.broker.episode import EpisodeResult
+from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.job_view import JobView, list_job_views, read_job_view
-from arena_eval.broker.jobs import JobState, latest_job_id
+from arena_eval.broker.jobs import JobSpec, JobState, latest_job_id
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import ratio, summarize_episodes, summarize_stats
+from arena_eval.broker.per_task import per_task, suite_score
 from arena_eval.broker.results import checked_stats, read_results, read_stats, read_workers
 
 
@@ -37,9 +42,18 @@ def resolve_job_id(r: redis.Redis, keys: Keys, job_id: str | None) -> str:
 
 
 def job_status(
-    r: redis.Redis, keys: Keys, job_id: str | None = None, warnings: list[str] | None = None
+    r: redis.Redis,
+    keys: Keys,
+    job_id: str | None = None,
+    warnings: list[str] | None = None,
+    *,
+    tasks: bool = True,
 ) -> dict[str, Any]:
-    """Everything ``arena-eval status`` shows, JSON-ready; bad fields go to ``warnings``."""
+    """Everything ``arena-eval status`` shows, JSON-ready; bad fields go to ``warnings``.
+
+    ``tasks`` adds the per-task rows and the suite score (``per_task_fields``); they read
+    every stored result, so a progress poll that shows only totals leaves them out.
+    """
     warnings = [] if warnings is None else warnings
     job = read_job_view(r, keys, resolve_job_id(r, keys, job_id), warnings)
     now = time.time()
@@ -59,7 +73,17 @@ def job_status(
         ],
         "hint": _hint(r, keys, job),
     }
+    if tasks:
+        out.update(per_task_fields(job, read_results(r, keys, job.job_id, warnings)))
     return out
+
+
+def per_task_fields(job: JobView, episodes: list[EpisodeResult]) -> dict[str, Any]:
+    """``tasks``: one row per task of the job (``per_task.TASK_COLUMNS``); ``suite``: the
+    mean over tasks with its interval (``per_task.suite_score``)."""
+    names = job.valid_spec.tasks if job.valid_spec else tuple(job.spec.get("tasks") or ())
+    rows = per_task(episodes, [str(t) for t in names])
+    return {"tasks": [t.to_dict() for t in rows], "suite": suite_score(rows).to_dict()}
 
 
 def _hint(r: redis.Redis, keys: Keys, job: JobView) -> str:
@@ -89,14 +113,51 @@ def results_report(
     warnings = [] if warnings is None else warnings
     job = read_job_view(r, keys, resolve_job_id(r, keys, job_id), warnings)
     episodes = read_results(r, keys, job.job_id, warnings)
+    if job.valid_spec is not None:  # rows stored before tasks were recorded: the job's task
+        episodes = [with_task(e, job.valid_spec) for e in episodes]
     return {
         "job_id": job.job_id,
         "state": job.state,
         "reason": job.reason,
         "spec": job.spec,
         "metrics": summarize_episodes(episodes),
+        **per_task_fields(job, episodes),
         "episodes": [e.to_dict() for e in episodes],
     }
+
+
+def with_task(episode: EpisodeResult, spec: JobSpec) -> EpisodeResult:
+    """``episode`` with ``task`` and ``task_episode`` filled from the job if it lacks them."""
+    if episode.task and episode.task_episode is not None:
+        return episode
+    if episode.index >= spec.total_episodes:
+        return episode  # written by hand outside the job: shown as stored
+    _pos, task, i = spec.locate(episode.index)
+    return replace(episode, task=episode.task or task, task_episode=i)
+
+
+def compare_report(
+    r: redis.Redis, keys: Keys, job_a: str, job_b: str, warnings: list[str] | None = None
+) -> dict[str, Any]:
+    """``arena-eval compare``: job B against job A (``compare.compare_episodes``)."""
+    warnings = [] if warnings is None else warnings
+    views = [read_job_view(r, keys, j, warnings) for j in (job_a, job_b)]
+    for view in views:
+        if view.valid_spec is None:
+            raise ArenaEvalError(
+                f"job {view.job_id} has no readable spec; `arena-eval status {view.job_id}` "
+                "shows what is stored"
+            )
+    spec_a, spec_b = (v.valid_spec for v in views)
+    assert spec_a is not None and spec_b is not None
+    out = compare_episodes(
+        spec_a,
+        read_results(r, keys, job_a, warnings),
+        spec_b,
+        read_results(r, keys, job_b, warnings),
+    )
+    jobs = [{"job_id": v.job_id, "state": v.state, "pool": v.spec.get("pool")} for v in views]
+    return {"job_a": jobs[0], "job_b": jobs[1], **out}
 
 
 def jobs_report(
@@ -109,7 +170,7 @@ def jobs_report(
         rows.append(
             {
                 "job_id": job.job_id,
-                "task": job.spec.get("task"),
+                "task": _task_label(job),
                 "pool": job.spec.get("pool"),
                 "state": job.state,
                 "reason": job.reason,
@@ -120,6 +181,14 @@ def jobs_report(
             }
         )
     return rows
+
+
+def _task_label(job: JobView) -> Any:
+    """The task of a single-task job; a suite's name (or ``N tasks``) for a suite."""
+    spec = job.valid_spec
+    if spec is None or len(spec.tasks) == 1:
+        return job.spec.get("task")
+    return spec.suite or f"{len(spec.tasks)} tasks"
 
 
 def workers_report(r: redis.Redis, keys: Keys) -> dict[str, Any]:

@@ -4,6 +4,8 @@ Why apart from the unit lease: this part knows jobs, pools, envs and episodes,
 and nothing of how units are taken or settled on the stream (``unit_queue.py``).
 Given a job and the lease on one of its units it:
 
+* finds the unit's task (a unit holds episodes of one task of the job's suite) and its
+  instruction (``envs.suites.instruction_for``), sent with every policy row;
 * defers the unit when no live worker serves the job's pool (``pool_watch.py``);
 * fails the job within seconds, before any request, when the task cannot be
   built or the pool's spec does not fit it (observations or action width);
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -30,13 +33,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from arena_eval.broker import jobs, pool, results
 from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.errors import BrokerUnavailable
-from arena_eval.broker.jobs import Job
+from arena_eval.broker.jobs import Job, JobSpec
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.spec import SpecMismatch
 from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.client import PolicyInterrupted, PolicyTimeout, RemotePolicyError
 from arena_eval.sim_worker.config import SimWorkerConfig
 from arena_eval.sim_worker.envs import VectorEnv
+from arena_eval.sim_worker.envs.suites import instruction_for
 from arena_eval.sim_worker.kept import EnvCache, PoolClients
 from arena_eval.sim_worker.lease import LEASE_LOST, Lease, Outcome
 from arena_eval.sim_worker.pool_watch import PoolWatch
@@ -69,6 +73,15 @@ class UnitRunner:
 
     def execute(self, job: Job, lease: Lease) -> Outcome:
         """Run ``lease.unit`` of ``job`` until its episodes are stored or it must stop."""
+        try:
+            task = unit_task(job.spec, lease.unit.start, lease.unit.count)
+        except ValueError as exc:
+            return self._fail(job, f"malformed work unit: {exc}")
+        return self._execute(job, lease, job.spec.for_task(task))
+
+    def _execute(self, job: Job, lease: Lease, spec_: JobSpec) -> Outcome:
+        """``execute`` for a unit of one task: ``spec_`` is the job's spec narrowed to it."""
+        instruction = instruction_for(spec_.task)
         timeouts = 0
         while True:
             if lease.abort.is_set():
@@ -78,10 +91,10 @@ class UnitRunner:
                 return Outcome.DEFER
             num_envs = min(job.spec.num_envs or self.config.num_envs, self.config.num_envs)
             try:
-                env = self.envs.get(job.spec, num_envs)
+                env = self.envs.get(spec_, num_envs)
             except Exception as exc:
-                return self._fail(job, f"cannot build task {job.spec.task!r}: {_describe(exc)}")
-            reason = spec_mismatch(env, spec, job.spec)
+                return self._fail(job, f"cannot build task {spec_.task!r}: {_describe(exc)}")
+            reason = spec_mismatch(env, spec, spec_, instruction=instruction)
             if reason is not None:
                 return self._fail(job, reason)
             jobs.mark_running(self._r, self.keys, job.job_id)
@@ -89,7 +102,8 @@ class UnitRunner:
             done = results.existing(self._r, self.keys, job.job_id, lease.unit.indices)
             lease.episodes_done = len(done)
             try:
-                self._rollout(job, lease, env, [i for i in lease.unit.indices if i not in done])
+                todo = [i for i in lease.unit.indices if i not in done]
+                self._rollout(job, lease, env, todo, spec_.task, instruction)
             except PolicyInterrupted:  # stopping or cancelled while waiting for an answer
                 self.clients.discard(job.spec.pool)  # its reply stream may still get the answer
                 return self._aborted(job, lease)
@@ -119,9 +133,7 @@ class UnitRunner:
             except Exception as exc:
                 log.exception("rollout of job %s failed", job.job_id)
                 self.envs.drop()  # it may be broken: the next unit builds a fresh one
-                return self._fail(
-                    job, f"simulation error in task {job.spec.task!r}: {_describe(exc)}"
-                )
+                return self._fail(job, f"simulation error in task {spec_.task!r}: {_describe(exc)}")
             return self._aborted(job, lease) if lease.abort.is_set() else Outcome.DONE
 
     def close(self) -> None:
@@ -136,13 +148,18 @@ class UnitRunner:
             "they may be hung or overloaded (`arena-eval pools` shows busy_s)"
         )
 
-    def _rollout(self, job: Job, lease: Lease, env: VectorEnv, todo: list[int]) -> None:
+    def _rollout(
+        self, job: Job, lease: Lease, env: VectorEnv, todo: list[int], task: str, instruction: str
+    ) -> None:
         policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
         skipped = lease.episodes_done
 
         def sink(episodes: list[EpisodeResult], stats: RolloutStats) -> None:
+            rows = [
+                replace(e, task=task, task_episode=job.spec.locate(e.index)[2]) for e in episodes
+            ]
             _written, completed = results.record(
-                self._r, self.keys, job.job_id, self.worker_id, time.time(), episodes,
+                self._r, self.keys, job.job_id, self.worker_id, time.time(), rows,
                 stats.counters(), stats.sums,
             )  # fmt: skip
             if completed:
@@ -154,7 +171,7 @@ class UnitRunner:
         run_episodes(
             env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
             on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
-            progress=progress,
+            progress=progress, task=task, instruction=instruction,
         )  # fmt: skip
 
     def _aborted(self, job: Job, lease: Lease) -> Outcome:
@@ -169,6 +186,18 @@ class UnitRunner:
         log.error("job %s failed: %s", job.job_id, reason)
         jobs.fail(self._r, self.keys, job.job_id, reason)
         return Outcome.DROP
+
+
+def unit_task(spec: JobSpec, start: int, count: int) -> str:
+    """The one task whose episodes ``[start, start + count)`` are (ValueError if they span
+    two tasks or lie outside the job: ``JobSpec.shards`` never makes such a unit)."""
+    first = spec.locate(start)
+    last = spec.locate(start + count - 1)
+    if first[0] != last[0]:
+        raise ValueError(
+            f"episodes {start}..{start + count - 1} span tasks {first[1]} and {last[1]}"
+        )
+    return first[1]
 
 
 def _describe(exc: BaseException) -> str:

@@ -45,9 +45,12 @@ class EnvAdapter:
     wins). ``syntax`` is its line in the "unknown task" message. ``claims_bare``, if given,
     is asked about a task that matches no prefix (gymnasium claims the ids it has
     registered, e.g. ``CartPole-v1``); the factory then gets the whole task as ``name``.
+    ``instruction``, if given, maps a task ``name`` to its language instruction ('' if it has
+    none): the sim sends it with every policy row (``suites.instruction_for``).
     """
 
     prefix: str
     make: EnvFactory
     syntax: str
     claims_bare: Callable[[str], bool] | None = None
+    instruction: Callable[[str], str] | None = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from arena_eval.sim_worker.envs import gl
+from arena_eval.sim_worker.envs import gl, metaworld_tasks
 from arena_eval.sim_worker.envs.adapter import EnvAdapter, EnvOptions
 from arena_eval.sim_worker.envs.errors import require, unknown_task
 from arena_eval.sim_worker.envs.gym_env import GymVectorEnv
@@ -114,5 +114,8 @@ def _make(name: str, num_envs: int, options: EnvOptions) -> GymVectorEnv:
 
 
 ADAPTER = EnvAdapter(
-    prefix=PREFIX, make=_make, syntax=f"'{PREFIX}<task>' (e.g. {PREFIX}door-open-v3)"
+    prefix=PREFIX,
+    make=_make,
+    syntax=f"'{PREFIX}<task>' (e.g. {PREFIX}door-open-v3)",
+    instruction=metaworld_tasks.instruction,
 )
