@@ -31,6 +31,7 @@ context; where that library is missing the error names the two fixes.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import partial
 from typing import Any
@@ -71,6 +72,7 @@ def parse_task(name: str) -> tuple[str, int]:
 
 def _import_pusht() -> Any:
     """gym-pusht's env class, or an error that says how to install what is missing."""
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # no banner in worker logs
     try:
         import cv2  # noqa: F401  (gym-pusht imports it; its libGL link is the usual failure)
     except ModuleNotFoundError as exc:
