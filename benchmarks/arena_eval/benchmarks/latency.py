@@ -4,7 +4,10 @@ Every server runs the zero policy in its own process, and all paths are
 measured in alternating blocks within one run, so machine drift hits them
 alike. The baseline is the seed's protocol (ZMQ REQ/REP, msgpack, arrays as
 np.save bytes); a stricter one with zero-copy raw arrays is reported too.
-The figures that matter are the ratios fabric_p50 / baseline_p50.
+The figures that matter are the ratios fabric_p50 / baseline_p50. The fabric's
+requests carry the per-row context a real sim sends (``ROW_CONTEXT``: step,
+start flag, task, and the seed GR1 workload's instruction), so the cost of
+task context is in its figures.
 
 ``python -m arena_eval.benchmarks.latency --payload gr1`` or
 ``arena-eval bench latency --payload gr1 [--json]``.
@@ -31,6 +34,14 @@ from arena_eval.benchmarks.payloads import ACTION_SHAPE, PAYLOADS, make_payload,
 from arena_eval.broker.connection import connect, resolve_url
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.settings import RedisSettings
+
+#: What every fabric request carries besides its rows, as a sim sends it (one task per rollout).
+ROW_CONTEXT: dict[str, Any] = {
+    "steps": 0,
+    "starts": False,
+    "tasks": "gr1/open-microwave",
+    "instructions": "Reach out to the microwave and open it.",
+}
 
 
 def _free_port() -> int:
@@ -140,7 +151,7 @@ def run_latency(
         timings: list[dict[str, float]] = []
         try:
             for _ in range(3):  # warm up both paths (connections, slots, page faults)
-                client.infer(obs, ids)
+                client.infer(obs, ids, **ROW_CONTEXT)
                 zmq_client.infer(obs)
                 raw_client.infer(obs)
             done = 0
@@ -150,7 +161,7 @@ def run_latency(
                 _timed(lambda: raw_client.infer(obs), n, raw)
                 for _ in range(n):
                     t0 = time.perf_counter()
-                    client.infer(obs, ids)
+                    client.infer(obs, ids, **ROW_CONTEXT)
                     fabric.append((time.perf_counter() - t0) * 1e3)
                     timings.append(client.last_timing)
                 done += n

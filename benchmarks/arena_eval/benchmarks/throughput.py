@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from arena_eval.benchmarks.latency import _child, _free_port, _ZmqClient
+from arena_eval.benchmarks.latency import ROW_CONTEXT, _child, _free_port, _ZmqClient
 from arena_eval.broker.connection import resolve_url
 from arena_eval.broker.settings import RedisSettings
 
@@ -78,7 +78,7 @@ def run_throughput(
         fabric = _run_clients(
             clients, seconds,
             lambda: PolicyClient(pool, s, timeout_s=60),
-            lambda c: c.infer(obs, ids),
+            lambda c: c.infer(obs, ids, **ROW_CONTEXT),
         )  # fmt: skip
         seed = _run_clients(
             clients, seconds,
