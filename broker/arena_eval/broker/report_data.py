@@ -30,9 +30,7 @@ from arena_eval.broker.metrics import (
     BUCKETS_PER_OCTAVE,
     SUM_PREFIX,
     LatencyHistogram,
-    ratio,
     summarize_stats,
-    wilson_interval,
 )
 from arena_eval.broker.results import checked_stats, read_stats
 
@@ -61,7 +59,6 @@ def job_data(r: redis.Redis, keys: Keys, job_id: str, warnings: list[str]) -> di
     stats = checked_stats(read_stats(r, keys, job_id), keys.job_stats(job_id), warnings)
     summary = summarize_stats(stats, view.elapsed_s())
     episodes = results["episodes"]
-    tasks = results.get("tasks") or per_task_rows(episodes, _spec_tasks(view.spec))
     return {
         "job_id": view.job_id,
         "state": view.state,
@@ -71,10 +68,10 @@ def job_data(r: redis.Redis, keys: Keys, job_id: str, warnings: list[str]) -> di
         "started": view.started,
         "finished": view.finished,
         "total": view.total,
-        "tasks": tasks,
-        "suite": results.get("suite"),
+        "tasks": results["tasks"],
+        "suite": results["suite"],
         "metrics": results["metrics"],
-        "episodes": [_episode_row(e, _spec_tasks(view.spec)) for e in episodes],
+        "episodes": [_episode_row(e) for e in episodes],
         "latency": latency_buckets(LatencyHistogram.from_fields(stats)),
         "summary": summary,
         "split": time_split(stats),
@@ -85,55 +82,19 @@ def compare_data(
     r: redis.Redis, keys: Keys, job_a: str, job_b: str, warnings: list[str]
 ) -> dict[str, Any]:
     """The paired comparison of two jobs (``status.compare_report``: per task and overall)."""
-    return status.compare_report(r, keys, job_a, job_b, warnings)  # type: ignore[attr-defined,no-any-return]
+    return status.compare_report(r, keys, job_a, job_b, warnings)
 
 
-def _spec_tasks(spec: dict[str, Any]) -> list[str]:
-    tasks = spec.get("tasks")
-    if isinstance(tasks, list) and tasks and all(isinstance(t, str) for t in tasks):
-        return list(tasks)
-    task = spec.get("task")
-    return [task] if isinstance(task, str) else [""]
-
-
-def _episode_row(episode: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
+def _episode_row(episode: dict[str, Any]) -> dict[str, Any]:
+    """What the figures need of an episode (``results_report`` has filled in its task)."""
     return {
         "index": episode.get("index"),
-        "task": episode.get("task") or tasks[0],
+        "task": episode.get("task") or "",
         "success": bool(episode.get("success")),
         "length": episode.get("length"),
         "wall_s": episode.get("wall_s"),
         "finished_at": episode.get("finished_at"),
     }
-
-
-def per_task_rows(episodes: Sequence[dict[str, Any]], tasks: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per task (in ``tasks`` order, then any other task seen): episodes, successes,
-    success rate with its 95 % Wilson interval, mean length. Rows without a task count for
-    the first task (results from before tasks were stored)."""
-    order = list(tasks)
-    groups: dict[str, list[dict[str, Any]]] = {t: [] for t in order}
-    for e in episodes:
-        task = e.get("task") or order[0]
-        groups.setdefault(task, []).append(e)
-    rows = []
-    for task, eps in groups.items():
-        n = len(eps)
-        s = sum(1 for e in eps if e.get("success"))
-        low, high = wilson_interval(s, n)
-        lengths = [float(e["length"]) for e in eps if e.get("length") is not None]
-        rows.append(
-            {
-                "task": task,
-                "episodes": n,
-                "successes": s,
-                "success_rate": ratio(s, n),
-                "wilson_low": low,
-                "wilson_high": high,
-                "mean_length": ratio(sum(lengths), len(lengths)),
-            }
-        )
-    return rows
 
 
 def latency_buckets(hist: LatencyHistogram) -> list[dict[str, float]]:
