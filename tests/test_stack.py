@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,13 +17,14 @@ from arena_eval.broker.fleet import live_sim_workers
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
+from arena_eval.cli.stack_cmd import DEMO_TASKS
 from tests.worker_procs import REPO, child_env, wait_until
 
 pytest.importorskip("metaworld")
 
 
-def _env(settings: RedisSettings, home: Path) -> dict[str, str]:
-    env = child_env(settings, ARENA_HOME=str(home))
+def _env(settings: RedisSettings, home: Path, **extra: str) -> dict[str, str]:
+    env = child_env(settings, ARENA_HOME=str(home), **extra)
     if not os.environ.get("ARENA_TEST_REDIS_URL"):
         env.pop("ARENA_REDIS_URL")  # the README path: the embedded server in ARENA_HOME
     return env
@@ -32,11 +34,16 @@ def _env(settings: RedisSettings, home: Path) -> dict[str, str]:
 def test_demo_end_to_end(settings: RedisSettings, tmp_path: Path) -> None:
     home = tmp_path / "home"
     out = subprocess.run(
-        [sys.executable, "-m", "arena_eval.cli", "demo", "--episodes", "6", "--num-envs", "2"],
-        cwd=REPO, env=_env(settings, home), capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "arena_eval.cli", "demo", "--episodes", "2", "--num-envs", "2"],
+        cwd=REPO, env=_env(settings, home, COLUMNS="100"), capture_output=True, text=True,
+        timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "completed: 6 episodes, success_rate 1.000" in " ".join(out.stdout.split())
+    words = " ".join(out.stdout.split())
+    assert "completed: 6 episodes, success_rate 1.000" in words  # 2 per task, 3 tasks
+    for task in DEMO_TASKS:  # the per-task table: one row per task of the demo's suite
+        assert re.search(rf"metaworld/{task} 1\.00 \(2/2\) \[0\.34, 1\.00\]", words), words
+    assert "suite score 1.000 (95% CI" in words
     # it stopped what it started: no embedded server left running in this home
     if not os.environ.get("ARENA_TEST_REDIS_URL"):
         assert not (home / "redis.pid").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -20,6 +21,7 @@ from rich.table import Table
 from arena_eval.broker import jobs, status
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
+from arena_eval.broker.per_task import TASK_COLUMNS
 from arena_eval.broker.results import RESULT_COLUMNS, episode_rows
 from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, esc, print_json
 from arena_eval.cli.job_shared import (
@@ -32,20 +34,36 @@ from arena_eval.cli.job_shared import (
     open_redis,
     when,
 )
+from arena_eval.cli.job_tables import suite_line, task_table
+from arena_eval.sim_worker.envs.suites import SUITES, suite_tasks
 
 
 # -- submit -------------------------------------------------------------------------------
 def submit_cmd(
-    task: str = typer.Option(..., "--task", help="e.g. metaworld/door-open-v3, CartPole-v1."),
-    pool: str = typer.Option(..., "--pool", help="Model pool that serves the policy."),
-    episodes: int = typer.Option(..., "--episodes", min=1, help="Episodes to run."),
+    task: list[str] = typer.Option(
+        [],
+        "--task",
+        help="e.g. metaworld/door-open-v3, CartPole-v1; repeat for a suite of your own.",
+    ),
+    suite: str | None = typer.Option(
+        None, "--suite", help=f"A benchmark suite instead of --task: {', '.join(SUITES)}."
+    ),
+    pool: list[str] = typer.Option(
+        ...,
+        "--pool",
+        help="Model pool that serves the policy; repeat to run the same episodes (tasks and "
+        "seeds) on several pools, one job each (e.g. two checkpoints, then `compare`).",
+    ),
+    episodes: int = typer.Option(..., "--episodes", min=1, help="Episodes per task."),
     num_envs: int | None = typer.Option(
         None, "--num-envs", min=1, help="Env slots per sim worker (default: the worker's)."
     ),
     max_steps: int | None = typer.Option(
         None, "--max-steps", min=1, help="Truncate episodes here (default: the task's limit)."
     ),
-    seed: int = typer.Option(0, "--seed", min=0, help="Episode i is reset with seed SEED+i."),
+    seed: int = typer.Option(
+        0, "--seed", min=0, help="Episode i of each task is reset with seed SEED+i."
+    ),
     shard_size: int | None = typer.Option(
         None, "--shard-size", min=1, help="Episodes per work unit (default: 2 x env slots)."
     ),
@@ -54,39 +72,61 @@ def submit_cmd(
     wait: bool = typer.Option(
         False,
         "--wait",
-        help="Show progress until the job ends; exit 1 unless it completes. Ctrl-C asks "
-        "whether to cancel the job (without a terminal it keeps running); exit 130.",
+        help="Show progress until the job(s) end; exit 1 unless all complete. Ctrl-C asks "
+        "whether to cancel them (without a terminal they keep running); exit 130.",
     ),
     json_out: bool = JSON_OPTION,
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
-    """Submit an evaluation job; print its id."""
+    """Submit an evaluation job (one per --pool); print its id (one line per job)."""
+    tasks = _tasks(task, suite)
+    specs = [
+        JobSpec(
+            task=tasks[0], tasks=tasks, suite=suite, pool=p, episodes=episodes,
+            num_envs=num_envs, max_steps=max_steps, seed=seed, shard_size=shard_size,
+            camera=camera, image_size=image_size,
+        )
+        for p in pool
+    ]  # fmt: skip
     r, keys = open_redis(redis_url)
-    spec = JobSpec(
-        task=task, pool=pool, episodes=episodes, num_envs=num_envs, max_steps=max_steps,
-        seed=seed, shard_size=shard_size, camera=camera, image_size=image_size,
-    )  # fmt: skip
-    job_id = jobs.submit(r, keys, spec)
+    job_ids = [jobs.submit(r, keys, spec) for spec in specs]
     if not wait:
         if json_out:
-            print_json({"job_id": job_id})
+            print_json({"job_id": job_ids[0], "job_ids": job_ids})
         else:
-            typer.echo(job_id)
-            hint = status.job_status(r, keys, job_id)["hint"]
-            if hint:
-                err.print(f"note: {esc(hint)}")
+            for job_id in job_ids:
+                typer.echo(job_id)
+            for job_id in job_ids:
+                hint = status.job_status(r, keys, job_id, tasks=False)["hint"]
+                if hint:
+                    err.print(f"note: {esc(job_id)}: {esc(hint)}")
         return
     try:
-        final = wait_with_progress(r, keys, job_id, quiet=json_out)
+        finals = wait_with_progress(r, keys, job_ids, quiet=json_out)
     except KeyboardInterrupt:
-        offer_cancel(r, keys, job_id)
+        for job_id in job_ids:
+            offer_cancel(r, keys, job_id)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
-        print_json(final)
+        print_json(finals[0] if len(finals) == 1 else {"jobs": finals})
     else:
-        _print_status(final)
-    if final["state"] != JobState.COMPLETED.value:
+        for final in finals:
+            _print_status(final)
+    if any(final["state"] != JobState.COMPLETED.value for final in finals):
         raise typer.Exit(1)
+
+
+def _tasks(task: list[str], suite: str | None) -> tuple[str, ...]:
+    """The job's tasks from ``--task`` (repeated) or ``--suite`` (exactly one of them)."""
+    if suite and task:
+        raise typer.BadParameter("give --suite or --task, not both")
+    if suite:
+        return suite_tasks(suite)
+    if not task:
+        raise typer.BadParameter(
+            f"give --task TASK (repeat for several) or --suite ({', '.join(SUITES)})"
+        )
+    return tuple(task)
 
 
 def offer_cancel(r: redis.Redis, keys: Keys, job_id: str) -> bool:
@@ -111,8 +151,12 @@ def offer_cancel(r: redis.Redis, keys: Keys, job_id: str) -> bool:
     return False
 
 
-def wait_with_progress(r: redis.Redis, keys: Keys, job_id: str, *, quiet: bool) -> dict[str, Any]:
-    """Poll the job until it is terminal, with a live progress bar unless ``quiet``."""
+def wait_with_progress(
+    r: redis.Redis, keys: Keys, job_ids: str | Sequence[str], *, quiet: bool
+) -> list[dict[str, Any]]:
+    """Poll the jobs until all are terminal, with a live progress bar each unless ``quiet``;
+    return each one's final status (with its per-task rows), in the order given."""
+    ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -124,18 +168,28 @@ def wait_with_progress(r: redis.Redis, keys: Keys, job_id: str, *, quiet: bool) 
     )
     warnings = Warnings(progress.console)
     with progress:
-        bar = progress.add_task(esc(job_id), total=None, info="")
-        while True:
-            s = status.job_status(r, keys, job_id, warnings.pending)
-            warnings.flush()
-            info = f"{s['state']}  success {num(s['success_rate'], '{:.2f}')}"
-            info += f"  {num(s['steps_per_s'], '{:.0f}')} steps/s"
-            if s["reason"] or s["hint"]:
-                info += f"  ({s['reason'] or s['hint']})"
-            progress.update(bar, total=s["total"], completed=s["episodes_done"], info=esc(info))
-            if ended(s["state"]):
-                return s
-            time.sleep(POLL_S)
+        bars = {job_id: progress.add_task(esc(job_id), total=None, info="") for job_id in ids}
+        running = set(ids)
+        while running:
+            for job_id in ids:
+                if job_id not in running:
+                    continue
+                s = status.job_status(r, keys, job_id, warnings.pending, tasks=False)
+                warnings.flush()
+                info = f"{s['state']}  success {num(s['success_rate'], '{:.2f}')}"
+                info += f"  {num(s['steps_per_s'], '{:.0f}')} steps/s"
+                if s["reason"] or s["hint"]:
+                    info += f"  ({s['reason'] or s['hint']})"
+                progress.update(
+                    bars[job_id], total=s["total"], completed=s["episodes_done"], info=esc(info)
+                )
+                if ended(s["state"]):
+                    running.discard(job_id)
+            if running:
+                time.sleep(POLL_S)
+    finals = [status.job_status(r, keys, job_id, warnings.pending) for job_id in ids]
+    warnings.flush()
+    return finals
 
 
 # -- status -------------------------------------------------------------------------------
@@ -180,7 +234,7 @@ def _status_view(s: dict[str, Any]) -> Group:
     parts = ("queue", "decode", "infer", "encode")
     policy_side = "  ".join(f"{p} {num(s[f'mean_{p}_ms'], ms)}" for p in parts)
     policy_side += f" ms  batch rows {num(s['mean_batch_rows'], '{:.1f}')}"
-    task = f"{spec.get('task', '-')}  pool {spec.get('pool', '-')}  seed {spec.get('seed', '-')}"
+    task = f"{_task_label(spec)}  pool {spec.get('pool', '-')}  seed {spec.get('seed', '-')}"
     rows = [
         ("job", s["job_id"]),
         ("task", task),
@@ -201,7 +255,17 @@ def _status_view(s: dict[str, Any]) -> Group:
         grid.add_row(name, esc(value))
     if s["hint"]:
         grid.add_row("hint", f"[yellow]{esc(s['hint'])}[/]")
-    return Group(grid)
+    if not s.get("tasks"):
+        return Group(grid)
+    return Group(grid, "", task_table(s["tasks"]), suite_line(s["suite"], spec.get("suite")))
+
+
+def _task_label(spec: dict[str, Any]) -> str:
+    """The task, or for a suite its name (if any) and how many tasks it has."""
+    tasks = spec.get("tasks") or [spec.get("task", "-")]
+    if len(tasks) == 1:
+        return str(tasks[0])
+    return f"{spec.get('suite') or 'suite'} ({len(tasks)} tasks)"
 
 
 # -- results ------------------------------------------------------------------------------
@@ -213,9 +277,13 @@ def results_cmd(
         "-f",
         help="table (for people), json or csv (stable columns for scripts; see the docs).",
     ),
+    per_task: bool = typer.Option(
+        False, "--tasks", help="csv: one row per task instead of one per episode."
+    ),
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
-    """Print a job's metrics and one row per finished episode (json/csv: stable columns)."""
+    """Print a job's metrics, one row per task and one per finished episode (json/csv:
+    stable columns)."""
     if fmt not in ("table", "json", "csv"):
         raise typer.BadParameter(f"--format must be table, json or csv, not {fmt!r}")
     r, keys = open_redis(redis_url)
@@ -227,6 +295,9 @@ def results_cmd(
         return
     if fmt == "csv":
         header, rows = episode_rows(report["episodes"])
+        if per_task:
+            header = list(TASK_COLUMNS)
+            rows = [[t[c] for c in TASK_COLUMNS] for t in report["tasks"]]
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
@@ -234,21 +305,25 @@ def results_cmd(
     print_results(report)
 
 
-def print_results(report: dict[str, Any]) -> None:
-    """One row per episode, then the task-metric means, then the headline metrics."""
-    _header, rows = episode_rows(report["episodes"])
-    shown = ("index", "seed", "success", "return", "length", "wall_s", "worker")
+def print_results(report: dict[str, Any], *, episodes: bool = True) -> None:
+    """One row per episode (unless not ``episodes``), the task-metric means, one row per
+    task with the suite score, then the headline metrics."""
+    _header, rows = episode_rows(report["episodes"] if episodes else [])
+    shown = ("index", "task", "seed", "success", "return", "length", "wall_s", "worker")
     idx = [RESULT_COLUMNS.index(c) for c in shown]
     table = Table(*shown, box=None, header_style="bold")  # every column: --format csv/json
     for row in rows:
         cells = [_cell(row[i]) for i in idx]
         cells[-1] = cells[-1][-14:]
         table.add_row(*(esc(c) for c in cells))
-    console.print(table)
+    if rows:
+        console.print(table)
     m = report["metrics"]
     means = "  ".join(f"{k}={num(v, '{:.3g}')}" for k, v in m["metric_means"].items())
     if means:
         console.print(f"task metrics (episode means): {esc(means)}", highlight=False, style="dim")
+    console.print(task_table(report["tasks"]))
+    console.print(suite_line(report["suite"], report["spec"].get("suite")), highlight=False)
     console.print(
         f"[bold]{esc(report['job_id'])}[/] {esc(report['state'])}: "
         f"{m['num_episodes']} episodes, "

@@ -18,16 +18,16 @@ from arena_eval.cli.job_shared import num
 
 
 def task_table(rows: Sequence[Mapping[str, Any]]) -> Table:
-    """One row per task: episodes, successes, success [95 % CI], mean length, steps/s."""
+    """One row per task: success rate (successes/episodes), its 95 % Wilson interval, mean
+    episode length, steps/s (fits 80 columns with Meta-World's longest task names)."""
     table = Table(box=None, header_style="bold")
-    table.add_column("task")
-    for name in ("episodes", "success", "95% CI", "mean length", "steps/s"):
+    table.add_column("task", min_width=_task_width(rows), overflow="fold")
+    for name in ("success", "95% CI", "length", "steps/s"):
         table.add_column(name, justify="right")
     for t in rows:
         cells = [
             t["task"],
-            f"{t['successes']}/{t['episodes']}",
-            num(t["success_rate"], "{:.2f}"),
+            f"{num(t['success_rate'], '{:.2f}')} ({t['successes']}/{t['episodes']})",
             f"[{num(t['wilson_low'], '{:.2f}')}, {num(t['wilson_high'], '{:.2f}')}]",
             num(t["mean_length"], "{:.1f}"),
             num(t["steps_per_s"], "{:.1f}"),
@@ -48,7 +48,7 @@ def suite_line(suite: Mapping[str, Any], name: str | None = None) -> str:
 def compare_table(rows: Sequence[Mapping[str, Any]], paired: bool) -> Table:
     """One row per task (then overall): both rates, B - A with its interval, p, flips."""
     table = Table(box=None, header_style="bold")
-    table.add_column("task")
+    table.add_column("task", min_width=_task_width(rows), overflow="fold")
     names = ["n", "A", "B", "B - A", "95% CI", "p"]
     if paired:
         names += ["A only", "B only"]
@@ -68,3 +68,9 @@ def compare_table(rows: Sequence[Mapping[str, Any]], paired: bool) -> Table:
             cells += [str(t["a_only"]), str(t["b_only"])]
         table.add_row(esc(t["task"]), *(esc(c) for c in cells))
     return table
+
+
+def _task_width(rows: Sequence[Mapping[str, Any]]) -> int:
+    """Room for the longest task name (up to 40), so a narrow terminal wraps other cells
+    rather than cutting task names to ``metaworld/drawer-open-…``."""
+    return min(40, max((len(str(t["task"])) for t in rows), default=4))

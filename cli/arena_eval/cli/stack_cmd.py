@@ -1,7 +1,9 @@
 """``arena-eval up`` and ``arena-eval demo``: a whole fabric on one machine.
 
 Both hand off to ``arena_eval.cli.stack.LocalStack``; ``demo`` then submits the
-README's job, shows its progress and prints the results table. SIGTERM and
+README's job (a small suite: three Meta-World tasks, one job, the multi-task scripted
+expert; state observations only, so it needs no OpenGL), shows its progress and prints
+the per-task table with the suite score. SIGTERM and
 SIGHUP (the terminal closed) stop the stack like Ctrl-C; a demo stopped early
 cancels its own job, so no worker keeps running it. Option defaults are the
 stack's (``LocalStack``) and the workers' (``SimWorkerConfig``): none is written
@@ -37,8 +39,9 @@ from arena_eval.cli.job_run_cmd import print_results, wait_with_progress
 from arena_eval.cli.stack import LocalStack
 from arena_eval.sim_worker.config import SimWorkerConfig
 
-DEMO_TASK = "door-open-v3"
-DEMO_POOL = "demo-door"
+#: The demo's suite: three Meta-World tasks the scripted expert solves, about 80 steps each.
+DEMO_TASKS = ("door-open-v3", "drawer-open-v3", "button-press-topdown-v3")
+DEMO_POOL = "demo-expert"
 
 
 def up_cmd(
@@ -107,7 +110,8 @@ def up_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStack:
 def demo_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStack:
     """The stack ``demo`` starts for its parsed options: a pool serving the scripted expert."""
     return LocalStack(
-        settings, pool=DEMO_POOL, policy="metaworld-expert", policy_args=[f"task={DEMO_TASK}"],
+        settings, pool=DEMO_POOL, policy="metaworld-expert",
+        policy_args=[f"task={','.join(DEMO_TASKS)}"],
         sim_workers=options["sim_workers"], num_envs=options["num_envs"],
     )  # fmt: skip
 
@@ -129,7 +133,7 @@ def _cancel_demo_job(r: redis.Redis, keys: Keys, job_id: str) -> None:
 
 def demo_cmd(
     ctx: typer.Context,
-    episodes: int = typer.Option(50, "--episodes", min=1, help="Episodes to evaluate."),
+    episodes: int = typer.Option(10, "--episodes", min=1, help="Episodes per task."),
     sim_workers: int = typer.Option(
         LocalStack.sim_workers, "--sim-workers", min=1, help="Sim worker processes."
     ),
@@ -140,7 +144,7 @@ def demo_cmd(
     json_out: bool = JSON_OPTION,
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
-    """Evaluate Meta-World door-open-v3 with the scripted expert, end to end."""
+    """Evaluate a small Meta-World suite with the scripted expert, end to end."""
     settings = settings_for(redis_url)
     stack = demo_stack(settings, ctx.params)
     r: redis.Redis | None = None
@@ -154,24 +158,26 @@ def demo_cmd(
                 stack.wait_ready()
             r = connect(settings.with_url(stack.url))
             keys = Keys(settings.prefix)
+            tasks = tuple(f"metaworld/{t}" for t in DEMO_TASKS)
             spec = JobSpec(
-                task=f"metaworld/{DEMO_TASK}", pool=DEMO_POOL, episodes=episodes,
+                task=tasks[0], tasks=tasks, pool=DEMO_POOL, episodes=episodes,
                 num_envs=num_envs, seed=seed,
             )  # fmt: skip
             job_id = jobs.submit(r, keys, spec)
             if not json_out:
                 console.print(
-                    f"job [bold]{esc(job_id)}[/]: {episodes} episodes of "
-                    f"metaworld/{DEMO_TASK} over {sim_workers} sim workers, "
+                    f"job [bold]{esc(job_id)}[/]: {episodes} episodes of each of "
+                    f"{esc(', '.join(tasks))} over {sim_workers} sim workers, "
                     f"policy pool '{DEMO_POOL}' (scripted expert)",
                     highlight=False,
                 )
-            final = wait_with_progress(r, keys, job_id, quiet=json_out)
+            (final,) = wait_with_progress(r, keys, job_id, quiet=json_out)
             report = results_report(r, keys, job_id)
             if json_out:
                 print_json(report)
             else:
-                print_results(report)
+                print_results(report, episodes=False)
+                console.print(f"every episode: `arena-eval results {esc(job_id)}`", highlight=False)
             r.close()
         except KeyboardInterrupt:
             console.print("interrupted: stopping the demo", highlight=False)
