@@ -376,3 +376,25 @@ def test_multitask_expert_dispatches_each_row_on_its_task() -> None:
     assert pair.spec().tasks == ("metaworld/door-open-v3", "metaworld/drawer-close-v3")
     assert multi.spec().tasks is not None and len(multi.spec().tasks) == 50
     assert multi.spec().incompatibility(pair.spec()) is not None  # different identities
+
+
+class BadInfoPolicy(RecordingPolicy):
+    """Returns info dicts the codec cannot carry (a set) for rows whose code is negative."""
+
+    def infer(self, batch: Batch) -> InferResult:
+        actions = batch.obs["x"][:, None, :].astype(np.float32)
+        return actions, [{"bad": {1}} if c < 0 else {"ok": float(c)} for c in batch.obs["x"][:, 0]]
+
+
+def test_info_dicts_the_codec_cannot_carry_fail_only_their_request(
+    settings: RedisSettings, clean: None
+) -> None:
+    with (
+        Served(settings, BadInfoPolicy(), max_wait_ms=1) as worker,
+        PolicyClient(POOL, settings, timeout_s=10) as client,
+    ):
+        with pytest.raises(RemotePolicyError, match="could not be encoded"):
+            client.infer({"x": -np.ones((1, DIM), np.float32)}, ["a"])
+        actions = client.infer({"x": np.ones((2, DIM), np.float32)}, ["a", "b"])
+        assert actions.shape == (2, 1, DIM) and client.last_infos == [{"ok": 1.0}] * 2
+        assert worker.stats.dead_letters == 1
