@@ -144,13 +144,26 @@ def _spec_text(spec: dict[str, Any]) -> str:
     obs_text = (
         "any" if obs is None else ", ".join(f"{k}:{v['dtype']}{v['shape']}" for k, v in obs.items())
     )
-    tasks = spec.get("tasks")
     identity = spec.get("policy") or {}
     digest = f" digest={identity.get('digest')}" if identity.get("digest") else ""
+    instruction = "  instruction=required" if spec.get("needs_instruction") else ""
     return (
         f"{spec.get('name')} v{spec.get('version')}{digest}  actions={spec.get('action_shape')} "
-        f"{spec.get('action_dtype')}  obs={obs_text}  tasks={'any' if tasks is None else tasks}"
+        f"{spec.get('action_dtype')}  obs={obs_text}  tasks={_tasks_text(spec.get('tasks'))}"
+        f"{instruction}"
     )
+
+
+#: Beyond this many tasks a spec's list is summarised (a multi-task expert declares 50).
+_TASKS_SHOWN = 5
+
+
+def _tasks_text(tasks: list[str] | None) -> str:
+    if tasks is None:
+        return "any"
+    if len(tasks) <= _TASKS_SHOWN:
+        return ",".join(tasks)
+    return f"{len(tasks)} tasks ({', '.join(tasks[:3])}, ...)"
 
 
 def pools_cmd(
