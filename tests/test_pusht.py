@@ -10,6 +10,10 @@ ticket, so the host stream's last generated id moves and the inline stream's nev
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +148,61 @@ def test_pusht_image_job_runs_through_a_pool_over_shared_memory(
         assert _last_id(r, host_stream) != "0-0"  # tickets went through the host stream
         assert _last_id(r, keys.pool_requests(POOL)) == "0-0"  # no frame went inline
         assert policy.poll() is None and sim.poll() is None
+
+
+def _hidden_run(pattern: str, code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` where every linker-path library matching ``pattern`` is bind-mounted over
+    with /dev/null (``unshare -m``, as ``test_no_gl.py`` hides GL), ``MUJOCO_GL`` unset."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("hiding libraries needs root and unshare(1); CI runs as root")
+    listing = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, check=True)
+    dirs = {os.path.dirname(line.split("=>")[-1].strip()) for line in listing.stdout.splitlines()}
+    files = sorted(
+        {
+            os.path.realpath(os.path.join(d, name))
+            for d in dirs
+            if os.path.isdir(d)
+            for name in os.listdir(d)
+            if re.match(pattern, name)
+        }
+    )
+    if not files:
+        pytest.skip(f"no library matching {pattern} installed: nothing to hide")
+    mounts = "".join(f"mount --bind /dev/null {shlex.quote(f)} && " for f in files)
+    env = {k: v for k, v in os.environ.items() if k != "MUJOCO_GL"}
+    env["PYTHONPATH"] = str(REPO)
+    argv = shlex.join([sys.executable, "-c", code])
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"{mounts}exec {argv}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+_RENDER = (
+    "import numpy as np\n"
+    "from arena_eval.sim_worker.envs.factory import make_env\n"
+    "try:\n"
+    "    env = make_env('pusht/pixels', 2)\n"
+    "except Exception as exc:\n"
+    "    print(type(exc).__name__, exc); raise SystemExit(3)\n"
+    "obs = env.step(np.full((2, 2), 256.0)).obs\n"
+    "assert obs['pixels'].shape == (2, 96, 96, 3) and obs['pixels'].std() > 0\n"
+    "print('rendered')\n"
+)
+
+
+@pytest.mark.slow
+def test_pusht_frames_need_no_gl_backend() -> None:
+    """No OSMesa, no EGL, MUJOCO_GL unset: PushT still draws its frames (pygame, in memory)."""
+    out = _hidden_run(r"^lib(OSMesa|EGL)", _RENDER)
+    assert out.returncode == 0 and "rendered" in out.stdout, out.stdout + out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_pusht_without_libgl_says_what_to_install() -> None:
+    """gym-pusht's opencv-python links libGL.so.1: where it is missing, the error names the
+    two fixes instead of a bare ImportError from inside cv2."""
+    out = _hidden_run(r"^libGL\.so", _RENDER)
+    assert out.returncode == 3, out.stdout + out.stderr[-2000:]
+    assert out.stdout.startswith("MissingSimDependency"), out.stdout
+    assert "apt-get install libgl1" in out.stdout and "opencv-python-headless" in out.stdout
