@@ -33,6 +33,8 @@ from arena_eval.policy_worker.builtins.pusht_heuristic import PushTHeuristicPoli
 from arena_eval.policy_worker.policy import Batch, check_actions
 from arena_eval.sim_worker.envs.errors import UnknownTask
 from arena_eval.sim_worker.envs.factory import make_env
+from arena_eval.sim_worker.envs.pusht_env import INSTRUCTION
+from arena_eval.sim_worker.envs.suites import instruction_for
 from tests.worker_procs import REPO, procs, wait_until
 
 pytest.importorskip("gym_pusht", reason="PushT needs the [pusht] extra (gym-pusht)")
@@ -68,6 +70,8 @@ def test_task_strings_state_and_sizes() -> None:
         env.reset([0], [1])
         ends = [bool(env.step(np.full((1, 2), 100.0)).truncated[0]) for _ in range(3)]
         assert ends == [False, False, True]
+    assert instruction_for("pusht/pixels") == instruction_for("pusht/state") == INSTRUCTION
+    assert instruction_for("pusht/nope") == ""
     with pytest.raises(UnknownTask, match=r"pusht/pixels-<N>"):
         make_env("pusht/pixel", 1)
     with pytest.raises(ConfigError, match="no cameras"):

@@ -38,7 +38,12 @@ from typing import Any
 
 from arena_eval.broker.errors import ConfigError
 from arena_eval.sim_worker.envs.adapter import EnvAdapter, EnvOptions
-from arena_eval.sim_worker.envs.errors import MissingSimDependency, require, unknown_task
+from arena_eval.sim_worker.envs.errors import (
+    MissingSimDependency,
+    UnknownTask,
+    require,
+    unknown_task,
+)
 from arena_eval.sim_worker.envs.gym_env import GymVectorEnv
 
 PREFIX = "pusht/"
@@ -52,6 +57,8 @@ OBS_TYPES = {
     "state": "state",
     "keypoints": "environment_state_agent_pos",
 }
+#: What a language-conditioned policy is told on every PushT row.
+INSTRUCTION = "push the T-shaped block onto the green T"
 _PIXELS_N = re.compile(r"^pixels-([1-9][0-9]{0,3})$")
 _INSTALL = "pip install 'arena-eval[pusht]'"
 
@@ -148,8 +155,18 @@ def _make(name: str, num_envs: int, options: EnvOptions) -> GymVectorEnv:
     )
 
 
+def instruction(name: str) -> str:
+    """The language instruction of every PushT task (one goal, whatever the observations)."""
+    try:
+        parse_task(name)
+    except UnknownTask:
+        return ""
+    return INSTRUCTION
+
+
 ADAPTER = EnvAdapter(
     prefix=PREFIX,
     make=_make,
+    instruction=instruction,
     syntax=f"'{PREFIX}pixels|state|keypoints' or '{PREFIX}pixels-<N>' (gym-pusht; {_INSTALL})",
 )
