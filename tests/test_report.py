@@ -18,6 +18,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from arena_eval.broker.jobs import JobNotFound
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import wilson_interval
 from arena_eval.broker.report_data import SPLIT_PARTS, report_data
@@ -145,3 +146,17 @@ def test_report_loads_in_headless_chromium_with_no_console_error(
     taken = _load(chromium, page, f"--screenshot={shot}", "--window-size=1280,4200")
     assert taken.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 50_000  # charts, not a blank page
+
+
+def test_report_of_an_unknown_job_says_so_and_writes_nothing(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    job_a, _ = _jobs(r, keys)
+    out = tmp_path / "report.html"
+    env = {"ARENA_REDIS_URL": settings.url or "", "ARENA_PREFIX": settings.prefix}
+    result = CliRunner().invoke(
+        app, ["report", job_a, "20990101-000000-abcdef", "-o", str(out)], env=env
+    )
+    assert isinstance(result.exception, JobNotFound)
+    assert "no job 20990101-000000-abcdef" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []  # no report, and no temporary file left behind
