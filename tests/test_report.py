@@ -18,7 +18,8 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from arena_eval.broker.jobs import JobNotFound
+from arena_eval.broker import jobs
+from arena_eval.broker.jobs import JobNotFound, JobSpec
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import wilson_interval
 from arena_eval.broker.report_data import SPLIT_PARTS, report_data
@@ -160,3 +161,13 @@ def test_report_of_an_unknown_job_says_so_and_writes_nothing(
     assert isinstance(result.exception, JobNotFound)
     assert "no job 20990101-000000-abcdef" in str(result.exception)
     assert list(tmp_path.iterdir()) == []  # no report, and no temporary file left behind
+
+
+def test_a_job_with_no_episode_yet_still_gets_a_report(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    job = jobs.submit(r, keys, JobSpec(task=TASKS[0], tasks=TASKS, pool="nobody", episodes=3))
+    out = tmp_path / "report.html"
+    _report(settings, out, job)
+    page = out.read_text()
+    assert job in page and "queued" in page and page.count("Plotly.newPlot(") == FIGURES - 1
