@@ -302,3 +302,36 @@ def _mt10_suite(settings: RedisSettings, r: redis.Redis, keys: Keys, p: Procs) -
     assert overall["p_value"] == 1.0
     human = " ".join(_cli(settings, "compare", first["job_id"], other_pool).stdout.split())
     assert "exact McNemar p = 1" in human and "30 pairs" in human
+
+
+# -- stable columns and the unpaired fallback, as the CLI prints them ---------------------------
+def test_per_task_columns_and_an_unpaired_comparison_through_the_cli(
+    settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    tasks = (DOOR, DRAWER)
+    a = jobs.submit(r, keys, JobSpec(task="", tasks=tasks, pool="a", episodes=4, seed=0))
+    b = jobs.submit(r, keys, JobSpec(task="", tasks=tasks, pool="b", episodes=4, seed=50))
+    for job_id, wins in ((a, (True, True, False, False)), (b, (True, True, True, True))):
+        eps = [_ep(k * 4 + i, t, i, w) for k, t in enumerate(tasks) for i, w in enumerate(wins)]
+        results.record(r, keys, job_id, "w", 1.0, eps, {}, {})
+    rows = _cli(settings, "results", a, "--tasks", "--format", "csv").stdout.splitlines()
+    assert rows[0] == ",".join(TASK_COLUMNS)
+    assert [row.split(",")[:4] for row in rows[1:]] == [[DOOR, "4", "2", "0.5"],
+                                                         [DRAWER, "4", "2", "0.5"]]  # fmt: skip
+    s = json.loads(_cli(settings, "status", a, "--json").stdout)
+    assert [sorted(t) for t in s["tasks"]] == [sorted(TASK_COLUMNS)] * 2
+    assert s["suite"] == {"score": 0.5, "low": pytest.approx(s["suite"]["low"]),
+                          "high": pytest.approx(s["suite"]["high"]), "tasks": 2}  # fmt: skip
+    episode_csv = _cli(settings, "results", a, "--format", "csv").stdout.splitlines()
+    assert episode_csv[0].split(",")[8:10] == ["task", "task_episode"]
+    assert episode_csv[5].split(",")[8:10] == [DRAWER, "0"]  # global index 4
+    listed = json.loads(_cli(settings, "jobs", "--json").stdout)["jobs"]
+    assert {j["task"] for j in listed} == {"2 tasks"}
+    report = json.loads(_cli(settings, "compare", a, b, "--json").stdout)
+    assert not report["paired"] and "different seeds (0 vs 50)" in report["why_unpaired"]
+    assert report["overall"]["test"] == "two-proportion-z" and report["overall"]["n_a"] == 8
+    assert report["overall"]["p_value"] == pytest.approx(
+        scipy_stats.chi2_contingency([[4, 4], [8, 0]], correction=False).pvalue
+    )
+    human = " ".join(_cli(settings, "compare", a, b).stdout.split())
+    assert "not paired: the jobs use different seeds (0 vs 50); two-proportion z-test" in human
