@@ -6,6 +6,12 @@ worker killed with -9 drops out of ``arena-eval workers`` within
 ``HEARTBEAT_TTL_S`` with nobody cleaning up after it. The heartbeat value is
 JSON saying what the worker does (idle, waiting for a pool, running a unit,
 episodes done), for operators and for ``status`` hints.
+
+Gateways (``arena-eval gateway zmq|openpi``) are sim-side processes too: they
+beat into the same set with ``"kind": "gateway"`` in their record, so they
+expire the same way when killed. ``live_sim_workers`` leaves them out (a
+gateway runs no units, so it must not count as a worker for ``status`` hints
+or ``up``'s readiness) and ``live_gateways`` lists only them.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from arena_eval.broker.keys import Keys
 
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TTL_S = 5.0
+#: The ``kind`` of a gateway's record; sim workers' records carry no kind.
+GATEWAY_KIND = "gateway"
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,26 @@ def deregister(r: redis.Redis, keys: Keys, worker_id: str) -> None:
 
 
 def live_sim_workers(r: redis.Redis, keys: Keys) -> list[SimWorkerRecord]:
-    """Workers whose heartbeat key exists; ids whose key expired are pruned from the set."""
+    """Sim workers whose heartbeat key exists (gateways left out)."""
+    return [w for w in _live_records(r, keys) if w.data.get("kind") != GATEWAY_KIND]
+
+
+def live_gateways(r: redis.Redis, keys: Keys, pool: str | None = None) -> list[SimWorkerRecord]:
+    """Live gateways (all, or those in front of ``pool``)."""
+    return [
+        w
+        for w in _live_records(r, keys)
+        if w.data.get("kind") == GATEWAY_KIND and (pool is None or w.data.get("pool") == pool)
+    ]
+
+
+def gateway_heartbeat(pipe: Any, keys: Keys, gateway_id: str, data: dict[str, Any]) -> None:
+    """Queue a gateway's heartbeat on ``pipe``: a sim-side record of kind ``gateway``."""
+    heartbeat(pipe, keys, gateway_id, {**data, "kind": GATEWAY_KIND})
+
+
+def _live_records(r: redis.Redis, keys: Keys) -> list[SimWorkerRecord]:
+    """Records whose heartbeat key exists; ids whose key expired are pruned from the set."""
     ids = sorted(as_text(m) for m in r.smembers(keys.sim_workers()))
     if not ids:
         return []
