@@ -178,7 +178,7 @@ class Session:
         with self.lock:
             self.last_seen = time.monotonic()
             client = self._requester()
-            rows = client.spec.check_observations(obs) if client.spec else 0
+            rows = client.spec.check_observations(obs) if client.spec else 0  # set by _requester
             envs = range(rows)
             ids = [f"{self.key}:{e}:{self._epoch.get(e, 0)}" for e in envs]
             steps = [self._steps.get(e, 0) for e in envs]
@@ -191,6 +191,13 @@ class Session:
                 self._steps[e] = self._steps.get(e, 0) + 1
             self.requests += 1
             return actions, client.last_infos
+
+    def pool_spec(self) -> PolicySpec:
+        """The spec this session's requests are checked against (fetched once)."""
+        with self.lock:
+            spec = self._requester().spec
+        assert spec is not None  # set by _requester
+        return spec
 
     def reset(self, env_ids: Sequence[int] | None = None) -> None:
         """New episodes for ``env_ids`` (all envs when None)."""
