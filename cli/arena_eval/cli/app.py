@@ -82,6 +82,7 @@ def _register_subcommands() -> None:
     app.command("up")(stack_cmd.up_cmd)
     app.command("demo")(stack_cmd.demo_cmd)
     app.command("report")(importlib.import_module("arena_eval.cli.report_cmd").report_cmd)
+    app.add_typer(importlib.import_module("arena_eval.cli.gateway_cmd").app, name="gateway")
 
 
 _register_subcommands()
