@@ -40,6 +40,7 @@ import numpy as np
 import zmq
 
 from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.signals import stop_on_signals
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.sim_worker.gateways import zmq_codec
 from arena_eval.sim_worker.gateways.core import (
@@ -327,3 +328,21 @@ class ZmqGateway:
                 self._router.send_multipart(frames, zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the peer left; its reply has nowhere to go
                 log.info("reply to %s dropped: %s", frames[0].hex()[:8], exc)
+
+
+def run_zmq_gateway(
+    core: GatewayCore,
+    bind: str,
+    token: str | None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Bind, register in the fleet, serve until SIGTERM/SIGINT/SIGHUP, deregister."""
+    gateway = ZmqGateway(core, bind, token)
+    core.start()
+    try:
+        with stop_on_signals(gateway.stop, "gateway"):
+            if on_ready is not None:
+                on_ready(gateway.address)
+            gateway.serve()
+    finally:
+        core.stop()
