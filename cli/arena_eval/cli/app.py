@@ -83,6 +83,7 @@ def _register_subcommands() -> None:
     app.command("demo")(stack_cmd.demo_cmd)
     app.command("report")(importlib.import_module("arena_eval.cli.report_cmd").report_cmd)
     app.add_typer(importlib.import_module("arena_eval.cli.gateway_cmd").app, name="gateway")
+    app.add_typer(importlib.import_module("arena_eval.cli.train_cmd").app, name="train")
 
 
 _register_subcommands()
