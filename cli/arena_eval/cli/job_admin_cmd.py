@@ -6,12 +6,13 @@ Stable output for scripts is documented in ``cli/job_cmd.py``.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import typer
 from rich import box
 from rich.table import Column, Table
 
-from arena_eval.broker import jobs, status
+from arena_eval.broker import fleet, jobs, status
 from arena_eval.broker.fields import as_text
 from arena_eval.broker.results import iso_utc
 from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, esc, print_json
@@ -152,6 +153,7 @@ def workers_cmd(
     """List live sim workers and the policy workers of every pool."""
     r, keys = open_redis(redis_url)
     report = status.workers_report(r, keys)
+    report["gateways"] = [g.to_dict() for g in fleet.live_gateways(r, keys)]
     if json_out:
         print_json(report)
         return
@@ -176,3 +178,17 @@ def workers_cmd(
         console.print(pools)
     else:
         console.print("no live policy workers: `arena-eval policy serve --pool NAME --policy ...`")
+    if report["gateways"]:
+        console.print(_gateways_table(report["gateways"]))
+
+
+def _gateways_table(gateways: list[dict[str, Any]]) -> Table:
+    table = Table("gateway", "protocol", "pool", "address", "sessions", "requests", "heartbeat",
+                  title="gateways")  # fmt: skip
+    for g in gateways:
+        cells = (
+            g["worker_id"], str(g.get("protocol")), str(g.get("pool")), str(g.get("address")),
+            str(g.get("sessions", 0)), str(g.get("requests", 0)), f"{g['heartbeat_age_s']:.1f}s",
+        )  # fmt: skip
+        table.add_row(*(esc(c) for c in cells))
+    return table

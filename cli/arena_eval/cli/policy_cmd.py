@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from arena_eval.broker.fleet import live_gateways
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import describe_pool, pool_names
 from arena_eval.cli.common import (
@@ -174,6 +175,9 @@ def pools_cmd(
     r, settings = cli_client(redis_url)
     keys = Keys(settings.prefix)
     pools = [describe_pool(r, keys, name) for name in pool_names(r, keys)]
+    gateways = [g.to_dict() for g in live_gateways(r, keys)]
+    for p in pools:
+        p["gateways"] = [g for g in gateways if g.get("pool") == p["pool"]]
     if json_out:
         print_json({"pools": pools})
         return
@@ -198,3 +202,10 @@ def pools_cmd(
             console.print("  no live workers")
         else:
             console.print(table)
+        for g in p["gateways"]:
+            console.print(
+                f"  gateway {esc(str(g.get('protocol')))} on {esc(str(g.get('address')))}: "
+                f"{g.get('sessions', 0)} sessions, {g.get('requests', 0)} requests  "
+                f"({esc(g['worker_id'])})",
+                highlight=False,
+            )

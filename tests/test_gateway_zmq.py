@@ -1,0 +1,275 @@
+"""``arena-eval gateway zmq``: peers' ZeroMQ clients served by a real pool, through the CLI.
+
+The clients (``tests/zmq_peer_clients.py``) are written from the peers' protocol
+facts, not taken from our code: a REQ client (GR00T, Arena v1) and a DEALER client
+(Arena v2). Everything runs as real processes on real Redis: a policy worker,
+the gateway, and Meta-World for the episode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import redis
+
+from arena_eval.broker.fleet import live_gateways, live_sim_workers
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.pool import live_workers
+from arena_eval.broker.settings import RedisSettings
+from tests.worker_procs import REPO, Procs, child_env, procs, wait_until
+from tests.zmq_peer_clients import DIM, PeerClient, echo_actions
+
+TOKEN_ENV = "ARENA_TEST_GATEWAY_TOKEN"
+TOKEN = "s3cret-gateway-token"
+SLOW_ECHO = "tests.zmq_peer_clients:SlowEchoPolicy"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_gateway(
+    p: Procs, r: redis.Redis, keys: Keys, pool: str, *extra: str, token: bool = True
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    args = ["gateway", "zmq", "--pool", pool, "--bind", f"tcp://127.0.0.1:{port}", *extra]
+    env = {TOKEN_ENV: TOKEN} if token else {}
+    if token:
+        args += ["--api-token-env", TOKEN_ENV]
+    gw = p.cli(*args, name="gateway", **env)
+    wait_until(lambda: live_gateways(r, keys, pool), 30, "the gateway's fleet record", [gw])
+    return gw, f"tcp://127.0.0.1:{port}"
+
+
+def cli_json(settings: RedisSettings, *args: str) -> Any:
+    out = subprocess.run(
+        [sys.executable, "-m", "arena_eval.cli", *args, "--json"],
+        cwd=REPO, env=child_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def run_metaworld_episode(client: PeerClient, family: str, seed: int) -> tuple[bool, int]:
+    """One reach-v3 episode driven by the pool's expert through the gateway."""
+    warnings.filterwarnings("ignore")
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers the envs)
+
+    env = gym.make("Meta-World/MT1", env_name="reach-v3", seed=seed)
+    obs, _ = env.reset(seed=seed)
+    if family == "arena":
+        info = client.call("get_init_info", requested_action_mode="chunk", num_envs=1)
+        assert info["action_mode"] == "chunk" and info["num_envs"] == 1, info
+        assert info["action_dim"] == 4 and info["observation_keys"] == ["state"], info
+        assert client.call("set_task_description", task_description="reach the goal") == {
+            "status": "ok", "task_description": "reach the goal",
+        }  # fmt: skip
+    assert client.call("reset", env_ids=[0])["status"] == "reset_success"
+    for step in range(200):
+        reply = client.call("get_action", observation={"state": obs[None]})
+        assert "error" not in (reply if isinstance(reply, dict) else {}), reply
+        if family == "arena":
+            chunk = reply["action"]
+        else:  # GR00T: [action, info]
+            assert isinstance(reply, list) and len(reply) == 2, reply
+            chunk = reply[0]["action"]
+        assert chunk.shape == (1, 1, 4) and chunk.dtype == np.float32
+        obs, _, term, trunc, step_info = env.step(chunk[0, 0])
+        if step_info["success"]:
+            return True, step
+        if term or trunc:
+            break
+    return False, step
+
+
+def test_req_and_dealer_clients_run_metaworld_through_the_gateway(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    pool = "mw"
+    with procs(settings, tmp_path) as p:
+        worker = p.cli("policy", "serve", "--pool", pool, "--policy", "metaworld-expert",
+                       "--policy-arg", "task=reach-v3", name="expert")  # fmt: skip
+        wait_until(lambda: live_workers(r, keys, pool), 60, "the expert", [worker])
+        gw, address = start_gateway(p, r, keys, pool)
+        req = PeerClient(address, kind="req", token=TOKEN)
+        dealer = PeerClient(address, kind="dealer", token=TOKEN)
+        results: dict[str, tuple[bool, int]] = {}
+        t = threading.Thread(target=lambda: results.update(arena=run_metaworld_episode(
+            dealer, "arena", seed=5)))  # fmt: skip
+        t.start()
+        results["gr00t"] = run_metaworld_episode(req, "gr00t", seed=3)
+        t.join(120)
+        assert results["gr00t"][0], results
+        assert results["arena"][0], results
+
+        # listed by `workers` and `pools`, and not counted as a sim worker
+        assert not live_sim_workers(r, keys)
+        steps = results["gr00t"][1] + results["arena"][1] + 2  # both episodes' get_action calls
+
+        def listed() -> Any:
+            (record,) = cli_json(settings, "workers")["gateways"]
+            return record if record["requests"] >= steps else None
+
+        record = wait_until(listed, 10, "the gateway's record to count the requests")
+        assert isinstance(record, dict)
+        assert record["protocol"] == "zmq" and record["pool"] == pool
+        assert record["address"] == address and record["sessions"] == 2
+        pools = cli_json(settings, "pools")
+        (mw,) = pools["pools"]
+        assert [g["address"] for g in mw["gateways"]] == [address]
+
+        # errors: each gets one error reply and the gateway keeps serving
+        bad = PeerClient(address, kind="req", token="wrong-token")
+        reply = bad.call("ping")
+        assert reply["error"] == "Unauthorized: Invalid API token" and reply["source"] == "auth"
+        reply = req.send_raw(pickle.dumps({"endpoint": "ping", "data": {}}))
+        assert reply["source"] == "pickle" and "never unpickles" in reply["error"], reply
+        reply = req.send_raw(b"\xc1 this is not msgpack")
+        assert reply["source"] == "request_decode" and not reply["must_reconnect"], reply
+        reply = dealer.send_raw(b"\x93garbage")
+        assert reply["source"] == "request_decode", reply
+        # an object array inside a valid message is refused, never unpickled
+        obj = np.array([{"a": 1}], dtype=object)
+        buf = io.BytesIO()
+        np.save(buf, obj, allow_pickle=True)
+        pickled_array = {"__ndarray_class__": True, "as_npy": buf.getvalue()}
+        raw = msgpack.packb(
+            {"endpoint": "get_action", "api_token": TOKEN,
+             "data": {"observation": {"state": pickled_array}}}
+        )  # fmt: skip
+        reply = req.send_raw(raw)
+        assert reply["source"] == "pickle", reply
+        reply = req.call("get_action", observation={"state": np.zeros((1, 7))})
+        assert reply["source"] == "spec" and "state" in reply["error"], reply
+        assert req.call("kill") == {"status": "rejected", "reason": "remote kill disabled"}
+        assert dealer.call("kill") == {"status": "rejected", "reason": "remote kill disabled"}
+        assert req.call("ping")["status"] == "ok"
+        assert dealer.call("ping")["status"] == "ok"
+        mc = req.call("get_modality_config")
+        assert mc["action"]["as_json"]["delta_indices"] == [0], mc
+        assert mc["state"]["as_json"]["modality_keys"] == ["state"], mc
+        assert dealer.call("disconnect") == {"status": "disconnected"}
+        assert gw.poll() is None
+        log = p.log_of(gw)
+        assert TOKEN not in log and "wrong-token" not in log
+        for c in (req, dealer, bad):
+            c.close()
+        gw.send_signal(signal.SIGTERM)
+        assert gw.wait(15) == 0
+        assert not live_gateways(r, keys)
+
+
+def test_token_never_from_argv_and_missing_env_is_a_clear_error(settings: RedisSettings) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "arena_eval.cli", "gateway", "zmq", "--pool", "p",
+         "--api-token-env", "ARENA_TEST_NO_SUCH_VAR"],
+        cwd=REPO, env=child_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "ARENA_TEST_NO_SUCH_VAR" in out.stderr and "not set" in out.stderr, out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "arena_eval.cli", "gateway", "zmq", "--pool", "p",
+         "--api-token", "x"],
+        cwd=REPO, env=child_env(settings), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0  # no such option
+
+
+def _hammer(
+    address: str, client_no: int, requests: int, errors: list[Any], done: list[int]
+) -> None:
+    client = PeerClient(address, kind="req" if client_no % 2 else "dealer", token=TOKEN)
+    try:
+        for i in range(requests):
+            x = np.full((2, DIM), client_no * 1000 + i, np.float32)
+            x[1] += 0.5
+            reply = client.call("get_action", observation={"x": x})
+            if not isinstance(reply, list) or "error" in reply[0]:
+                errors.append(reply)
+                return
+            np.testing.assert_array_equal(reply[0]["action"], echo_actions(x))
+        done.append(client_no)
+    except Exception as exc:
+        errors.append(repr(exc))
+    finally:
+        client.close()
+
+
+def test_eight_clients_batch_together_and_each_gets_its_own_rows(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    pool = "slow"
+    with procs(settings, tmp_path) as p:
+        worker = p.cli("policy", "serve", "--pool", pool, "--policy", SLOW_ECHO, name="slow")
+        wait_until(lambda: live_workers(r, keys, pool), 60, "the worker", [worker])
+        _, address = start_gateway(p, r, keys, pool)
+        errors: list[Any] = []
+        done: list[int] = []
+        threads = [
+            threading.Thread(target=_hammer, args=(address, n, 40, errors, done)) for n in range(8)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[:3]
+        assert sorted(done) == list(range(8))
+
+        def mean_batch() -> float:
+            (pool_info,) = cli_json(settings, "pools")["pools"]
+            (w,) = pool_info["workers"]
+            return float(w["mean_batch_rows"]) if w["requests"] >= 8 * 40 else 0.0
+
+        # rows per forward pass: 2 per request, so > 2 means requests of several clients
+        batch = float(wait_until(mean_batch, 10, "the worker's heartbeat to count them"))  # type: ignore[arg-type]
+        assert batch > 2.0, batch
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_only_worker_is_a_delay_for_gateway_clients(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    pool = "recover"
+    with procs(settings, tmp_path) as p:
+        serve = ("policy", "serve", "--pool", pool, "--policy", SLOW_ECHO)
+        doomed = p.cli(*serve, "--policy-arg", "latency_ms=20", "--worker-id", "doomed",
+                       name="doomed")  # fmt: skip
+        wait_until(lambda: live_workers(r, keys, pool), 60, "the worker", [doomed])
+        _, address = start_gateway(p, r, keys, pool, "--timeout", "60")
+        errors: list[Any] = []
+        done: list[int] = []
+        threads = [
+            threading.Thread(target=_hammer, args=(address, n, 150, errors, done)) for n in range(4)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)  # mid-run
+        os.kill(doomed.pid, signal.SIGKILL)
+        doomed.wait(5)
+        wait_until(lambda: not live_workers(r, keys, pool), 20, "the heartbeat to expire")
+        rescuer = p.cli(*serve, "--policy-arg", "latency_ms=20", "--claim-idle-ms", "500",
+                        name="rescuer")  # fmt: skip
+        for t in threads:
+            t.join(120)
+        assert rescuer.poll() is None
+        assert not errors, errors[:3]
+        assert sorted(done) == list(range(4))
