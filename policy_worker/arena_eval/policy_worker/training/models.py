@@ -24,6 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from arena_eval.broker.errors import ConfigError
+
 __all__ = ["STD_FLOOR", "BCPolicyNet", "SpatialSoftmax"]
 
 #: Smallest std a standardised dimension is divided by.
@@ -80,12 +82,14 @@ class BCPolicyNet(nn.Module):
         self.encoder: nn.Module | None = None
         if image_key is not None:
             if image_shape is None or len(image_shape) != 3:
-                raise ValueError(f"image_shape must be (H, W, C), got {image_shape!r}")
+                raise ConfigError(f"image_shape must be (H, W, C), got {image_shape!r}")
             h, w, c = (int(s) for s in image_shape)
             for kernel, stride in ((5, 2), (3, 2), (3, 1)):
                 h, w = _conv_out(h, kernel, stride), _conv_out(w, kernel, stride)
             if min(h, w) < 1:
-                raise ValueError(f"image {list(image_shape)} is too small for the CNN")
+                raise ConfigError(
+                    f"image {list(image_shape)} is too small for the CNN (at least 19x19)"
+                )
             self.encoder = nn.Sequential(
                 nn.Conv2d(c, channels, 5, stride=2),
                 nn.ReLU(),
