@@ -28,7 +28,10 @@ from arena_eval.broker.errors import ArenaEvalError
 
 __all__ = ["CLIENT_REQUIREMENTS", "SERVER_REQUIREMENT", "OpenpiVenv", "VenvUnavailable", "ensure"]
 
-CLIENT_REQUIREMENTS = ("openpi-client==0.1.2", "numpy<2", "websockets", "msgpack")
+#: openpi-client 0.1.2 imports typing_extensions without declaring it: installed beside it.
+CLIENT_REQUIREMENTS = (
+    "openpi-client==0.1.2", "numpy<2", "websockets", "msgpack", "typing_extensions",
+)  # fmt: skip
 SERVER_REQUIREMENT = "openpi-server==0.1.0"
 _ENV_DIR = "ARENA_OPENPI_VENV_DIR"
 

@@ -90,7 +90,9 @@ def unpackb(data: bytes) -> Any:
     except OpenpiDecodeError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError) as exc:
-        raise OpenpiDecodeError(f"not an openpi msgpack frame: {exc}") from None
+        raise OpenpiDecodeError(
+            f"not an openpi msgpack frame: {type(exc).__name__}: {exc}"
+        ) from None
     except msgpack.StackError as exc:  # pragma: no cover - nesting beyond msgpack's limit
         raise OpenpiDecodeError(f"frame nested too deeply: {exc}") from None
 
