@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 import websockets
-from websockets.asyncio.server import Request, Response, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
 
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.sim_worker.gateways.core import GatewayCore, Session, token_ok
