@@ -48,6 +48,8 @@ DEFAULT_SHARD_FACTOR = 2
 #: Env slots per sim worker when neither the job nor the worker says.
 DEFAULT_NUM_ENVS = 4
 MAX_EPISODES = 1_000_000
+#: ``JobSpec.record`` values besides a number of episodes per task.
+RECORD_MODES = ("all", "failures")
 
 
 class JobNotFound(ArenaEvalError):
@@ -110,6 +112,11 @@ class JobSpec:
     what they always were. ``num_envs=None`` lets each sim worker use its own default;
     ``max_steps=None`` is the task's horizon. ``suite`` names the suite the tasks came from
     (for reports; None for a hand-picked list).
+
+    Recording (``docs/recording.md``): ``record`` picks the episodes whose frames are stored
+    under ``record_dir`` (a local directory or an fsspec URL): ``"all"``, ``"failures"`` or
+    ``"N"`` (the first N episodes of each task); ``video`` films the first ``video`` episodes
+    of each task (those are recorded too). Both are sim-side, write-once per episode.
     """
 
     task: str
@@ -123,6 +130,9 @@ class JobSpec:
     image_size: int = 224
     tasks: tuple[str, ...] = ()
     suite: str | None = None
+    record: str | None = None
+    record_dir: str | None = None
+    video: int = 0
 
     def __post_init__(self) -> None:
         tasks = tuple(self.tasks) if self.tasks else (self.task,)
@@ -146,6 +156,49 @@ class JobSpec:
         _check_int("seed", self.seed, 0, 2**62)
         _check_int("shard_size", self.shard_size, 1, MAX_EPISODES)
         _check_int("image_size", self.image_size, 1, 8192)
+        self._check_recording()
+
+    def _check_recording(self) -> None:
+        if self.record is not None and self.record not in RECORD_MODES:
+            if not (isinstance(self.record, str) and self.record.isdigit()):
+                raise ConfigError(
+                    f"record must be 'all', 'failures' or a number of episodes per task, "
+                    f"got {self.record!r}"
+                )
+            _check_int("record", int(self.record), 1, MAX_EPISODES)
+        _check_int("video", self.video, 0, MAX_EPISODES)
+        wants = self.record is not None or self.video > 0
+        if wants and not self.record_dir:
+            raise ConfigError(
+                "recording needs a place: give --record-dir DIR (a local directory every sim "
+                "worker can write, or an fsspec URL such as s3://bucket/prefix)"
+            )
+        if self.record_dir is not None and not isinstance(self.record_dir, str):
+            raise ConfigError(f"record_dir must be a path or URL, got {self.record_dir!r}")
+
+    @property
+    def recording(self) -> bool:
+        """Whether any episode of this job is recorded."""
+        return bool(self.record_dir) and (self.record is not None or self.video > 0)
+
+    def records(self, task_episode: int, success: bool) -> bool:
+        """Whether the episode with this index within its task, so ended, is recorded."""
+        if not self.recording:
+            return False
+        if task_episode < self.video or self.record == "all":
+            return True
+        if self.record == "failures":
+            return not success
+        return self.record is not None and task_episode < int(self.record)
+
+    def may_record(self, task_episode: int) -> bool:
+        """Whether the episode might be recorded (before its outcome is known): frames of
+        the others need not be kept while it runs."""
+        if not self.recording:
+            return False
+        if self.record in RECORD_MODES or task_episode < self.video:
+            return True
+        return self.record is not None and task_episode < int(self.record)
 
     @property
     def total_episodes(self) -> int:

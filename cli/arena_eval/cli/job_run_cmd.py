@@ -9,6 +9,7 @@ import csv
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -69,6 +70,25 @@ def submit_cmd(
     ),
     camera: str | None = typer.Option(None, "--camera", help="Add this camera's RGB frames."),
     image_size: int = typer.Option(224, "--image-size", min=1, help="Camera frame size (px)."),
+    record: str | None = typer.Option(
+        None,
+        "--record",
+        help="Record episodes (observations, actions, rewards, success) in LeRobot's layout: "
+        "all, failures, or N (the first N of each task). See docs/recording.md.",
+    ),
+    record_dir: str | None = typer.Option(
+        None,
+        "--record-dir",
+        help="Where recordings go: a directory every sim worker can write, or an fsspec URL "
+        "(s3://..., gs://...). With several --pool, one subdirectory per pool.",
+    ),
+    video: int = typer.Option(
+        0,
+        "--video",
+        min=0,
+        help="Write an mp4 of the first N episodes of each task (needs "
+        "camera frames: --camera, or a pixel task); they are recorded too.",
+    ),
     wait: bool = typer.Option(
         False,
         "--wait",
@@ -84,7 +104,8 @@ def submit_cmd(
         JobSpec(
             task=tasks[0], tasks=tasks, suite=suite, pool=p, episodes=episodes,
             num_envs=num_envs, max_steps=max_steps, seed=seed, shard_size=shard_size,
-            camera=camera, image_size=image_size,
+            camera=camera, image_size=image_size, record=record, video=video,
+            record_dir=_record_dir(record_dir, p, several=len(pool) > 1),
         )
         for p in pool
     ]  # fmt: skip
@@ -114,6 +135,16 @@ def submit_cmd(
             _print_status(final)
     if any(final["state"] != JobState.COMPLETED.value for final in finals):
         raise typer.Exit(1)
+
+
+def _record_dir(record_dir: str | None, pool: str, *, several: bool) -> str | None:
+    """``--record-dir`` as the sim workers will see it: a local path made absolute (they do
+    not share the CLI's working directory), an fsspec URL unchanged; ``DIR/POOL`` when one
+    submit makes a job per pool, so their episode indices do not collide."""
+    if not record_dir:
+        return None
+    base = record_dir if "://" in record_dir else str(Path(record_dir).expanduser().resolve())
+    return f"{base.rstrip('/')}/{pool}" if several else base
 
 
 def _tasks(task: list[str], suite: str | None) -> tuple[str, ...]:

@@ -11,6 +11,11 @@ Every policy row carries its context (``ChunkedPolicy``): the episode id
 ``job:index``, its step, the start flag, and the rollout's one task and
 instruction, so a pool can batch rows of many tasks together.
 
+With a ``TrajectoryBuffer`` (``--record``/``--video``), each step's observation, action,
+reward and flags are kept per slot, and an ended episode's frames go to ``on_recorded``
+before its result goes to ``on_episodes``: the recording is on disk before the result that
+marks the episode done.
+
 The loop touches Redis only through the policy request itself; finished
 episodes and the per-request timings are handed to ``on_episodes`` (the sim
 worker flushes them in one pipelined round trip) once per step in which at
@@ -33,6 +38,7 @@ from arena_eval.broker.metrics import SUM_PREFIX, TIMING_FIELDS, LatencyHistogra
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.envs.base import VectorEnv
+from arena_eval.sim_worker.recording.capture import Trajectory, TrajectoryBuffer
 
 
 def spec_mismatch(
@@ -111,6 +117,8 @@ class RolloutStats:
 
 #: Called with (finished episode results, stats since the last call).
 EpisodeSink = Callable[[list[EpisodeResult], RolloutStats], None]
+#: Called with (result, frames) of each ended episode that was buffered, before ``EpisodeSink``.
+RecordSink = Callable[[list[tuple[EpisodeResult, Trajectory]]], None]
 
 
 class _Slots:
@@ -179,13 +187,16 @@ def run_episodes(
     progress: Callable[[int], None] | None = None,
     task: str = "",
     instruction: str = "",
+    capture: TrajectoryBuffer | None = None,
+    on_recorded: RecordSink | None = None,
 ) -> int:
     """Run episodes ``indices`` on ``env``; return how many finished (stops early on request).
 
     Each result goes to ``on_episodes`` as an ``EpisodeResult`` (``broker/episode.py``)
     with ``task`` set. ``should_stop`` is polled once per step (keep it cheap: an Event,
     not a Redis call). ``task`` and ``instruction`` go with every policy row (one task
-    per rollout; the unit runner passes the job's task and its instruction).
+    per rollout; the unit runner passes the job's task and its instruction). ``capture``
+    buffers frames of the episodes it keeps; they go to ``on_recorded`` when they end.
     """
     todo = deque(indices)
     if not todo:
@@ -194,7 +205,7 @@ def run_episodes(
     stats = RolloutStats()
     finished = 0
     t_sim = time.perf_counter()
-    obs = _start(env, slots, range(env.num_envs), todo, seed_of)
+    obs = _start(env, slots, range(env.num_envs), todo, seed_of, capture=capture)
     stats.add_sim(time.perf_counter() - t_sim)
     while slots.active.any():
         if should_stop():
@@ -205,10 +216,14 @@ def run_episodes(
         actions = policy.act(obs, ids, active=active, task=task, instruction=instruction)
         if policy.requests != requests:
             stats.add_request(policy.client.last_timing, policy.rows_requested - rows)
+        if capture is not None:
+            capture.observe(active, obs, actions)
         t_sim = time.perf_counter()
         result = env.step(actions)
         stats.add_sim(time.perf_counter() - t_sim)
         obs = result.obs
+        if capture is not None:
+            capture.outcome(active, result.reward, result.done, result.success)
         stats.steps += int(active.sum())
         slots.record(active, result.reward, result.metrics)
         ended = np.flatnonzero(result.done & active).tolist()
@@ -217,12 +232,14 @@ def run_episodes(
         now = time.time()
         batch = [slots.result(k, bool(result.success[k]), worker, now, task) for k in ended]
         finished += len(batch)
+        if capture is not None:
+            _hand_over(capture, ended, batch, on_recorded)
         on_episodes(batch, stats.take())
         if progress is not None:
             progress(finished)
         slots.index[ended] = -1
         t_sim = time.perf_counter()
-        obs = _start(env, slots, ended, todo, seed_of, obs)
+        obs = _start(env, slots, ended, todo, seed_of, obs, capture=capture)
         stats.add_sim(time.perf_counter() - t_sim)
     return finished
 
@@ -234,6 +251,8 @@ def _start(
     todo: deque[int],
     seed_of: Callable[[int], int],
     obs: dict[str, np.ndarray] | None = None,
+    *,
+    capture: TrajectoryBuffer | None = None,
 ) -> dict[str, np.ndarray]:
     """Give each free slot the next episode (if any) and reset those slots in one call."""
     ids: list[int] = []
@@ -243,7 +262,22 @@ def _start(
             break
         index = todo.popleft()
         slots.begin(k, index, seed_of(index), now)
+        if capture is not None:
+            capture.begin(k, index)
         ids.append(k)
     if ids or obs is None:
         obs = env.reset(np.array(ids, np.int64), slots.seed[ids])
     return obs
+
+
+def _hand_over(
+    capture: TrajectoryBuffer,
+    ended: Sequence[int],
+    batch: Sequence[EpisodeResult],
+    on_recorded: RecordSink | None,
+) -> None:
+    """Take the ended slots' frames out of ``capture`` and give the buffered ones away."""
+    frames = [(res, capture.finish(k)) for k, res in zip(ended, batch, strict=True)]
+    kept = [(res, traj) for res, traj in frames if traj is not None]
+    if kept and on_recorded is not None:
+        on_recorded(kept)

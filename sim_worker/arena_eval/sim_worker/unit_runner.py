@@ -11,6 +11,9 @@ Given a job and the lease on one of its units it:
   built or the pool's spec does not fit it (observations or action width);
 * runs the unit's episodes that are not stored yet (results are write-once, so
   a unit taken over from a dead worker skips what that worker finished);
+* records the episodes the job asks for (``--record``/``--video``, ``recording/``): each
+  ended episode's frames are written once, before its result; the worker whose results
+  complete the job consolidates the dataset's meta files (``broker.dataset.finalize``);
 * classifies how the run ended: a pool that lost its workers mid-unit waits
   like any unserved pool, ``max_policy_timeouts`` unanswered requests in a row
   from live workers fail the job as hung, a remote policy error or a simulator
@@ -30,9 +33,9 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import jobs, pool, results
+from arena_eval.broker import dataset, jobs, pool, results
 from arena_eval.broker.episode import EpisodeResult
-from arena_eval.broker.errors import BrokerUnavailable
+from arena_eval.broker.errors import BrokerUnavailable, ConfigError
 from arena_eval.broker.jobs import Job, JobSpec
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.spec import SpecMismatch
@@ -44,6 +47,7 @@ from arena_eval.sim_worker.envs.suites import instruction_for
 from arena_eval.sim_worker.kept import EnvCache, PoolClients
 from arena_eval.sim_worker.lease import LEASE_LOST, Lease, Outcome
 from arena_eval.sim_worker.pool_watch import PoolWatch
+from arena_eval.sim_worker.recording import EpisodeWriter, Trajectory, TrajectoryBuffer
 from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_mismatch
 
 log = logging.getLogger("arena_eval.sim_worker")
@@ -97,13 +101,17 @@ class UnitRunner:
             reason = spec_mismatch(env, spec, spec_, instruction=instruction)
             if reason is not None:
                 return self._fail(job, reason)
+            try:
+                writer = _writer(job, spec_, env)
+            except ConfigError as exc:
+                return self._fail(job, str(exc))
             jobs.mark_running(self._r, self.keys, job.job_id)
             lease.phase = "running"
             done = results.existing(self._r, self.keys, job.job_id, lease.unit.indices)
             lease.episodes_done = len(done)
             try:
                 todo = [i for i in lease.unit.indices if i not in done]
-                self._rollout(job, lease, env, todo, spec_.task, instruction)
+                self._rollout(job, lease, env, todo, spec_.task, instruction, writer)
             except PolicyInterrupted:  # stopping or cancelled while waiting for an answer
                 self.clients.discard(job.spec.pool)  # its reply stream may still get the answer
                 return self._aborted(job, lease)
@@ -149,10 +157,27 @@ class UnitRunner:
         )
 
     def _rollout(
-        self, job: Job, lease: Lease, env: VectorEnv, todo: list[int], task: str, instruction: str
+        self,
+        job: Job,
+        lease: Lease,
+        env: VectorEnv,
+        todo: list[int],
+        task: str,
+        instruction: str,
+        writer: EpisodeWriter | None = None,
     ) -> None:
         policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
         skipped = lease.episodes_done
+        capture = None
+        if writer is not None:
+            spec = job.spec
+            capture = TrajectoryBuffer(env.num_envs, lambda i: spec.may_record(spec.locate(i)[2]))
+
+        def record(episodes: list[tuple[EpisodeResult, Trajectory]]) -> None:
+            assert writer is not None
+            for res, traj in episodes:
+                if job.spec.records(job.spec.locate(res.index)[2], res.success):
+                    writer.write(traj, res, instruction)
 
         def sink(episodes: list[EpisodeResult], stats: RolloutStats) -> None:
             rows = [
@@ -164,6 +189,8 @@ class UnitRunner:
             )  # fmt: skip
             if completed:
                 log.info("job %s completed", job.job_id)
+                if job.spec.recording and job.spec.record_dir:
+                    _finalize(job.spec.record_dir)
 
         def progress(finished: int) -> None:
             lease.episodes_done = skipped + finished
@@ -171,7 +198,8 @@ class UnitRunner:
         run_episodes(
             env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
             on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
-            progress=progress, task=task, instruction=instruction,
+            progress=progress, task=task, instruction=instruction, capture=capture,
+            on_recorded=record,
         )  # fmt: skip
 
     def _aborted(self, job: Job, lease: Lease) -> Outcome:
@@ -202,3 +230,24 @@ def unit_task(spec: JobSpec, start: int, count: int) -> str:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+def _writer(job: Job, spec: JobSpec, env: VectorEnv) -> EpisodeWriter | None:
+    """The unit's episode writer when the job records (ConfigError: it cannot)."""
+    if not spec.recording:
+        return None
+    writer = EpisodeWriter(spec, job.job_id, env.observation_spec(), env.action_dim())
+    if spec.video > 0 and not writer.images:
+        raise ConfigError(
+            f"--video needs camera frames but task {spec.task!r} observes no image; submit "
+            "with --camera NAME (Meta-World, e.g. corner) or use a pixel task (pusht/pixels)"
+        )
+    return writer
+
+
+def _finalize(url: str) -> None:
+    """Consolidate the dataset's meta files; a failure is logged (readers scan markers)."""
+    try:
+        dataset.finalize(url)
+    except Exception:
+        log.exception("could not finalize the recording under %s", url)

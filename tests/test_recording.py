@@ -1,0 +1,186 @@
+"""Recording from any job (``submit --record``/``--video``): the LeRobot-layout dataset read back
+with pyarrow, the same episodes after a sim worker is killed -9 mid-job, and mp4s whose frame
+count (PyAV) equals the episode length. Real Redis, real pools and sim workers, real simulators.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from arena_eval.broker import dataset, fleet, results
+from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.jobs import JobSpec, JobState
+from arena_eval.broker.keys import Keys
+from arena_eval.broker.settings import RedisSettings
+from arena_eval.sim_worker.envs.suites import instruction_for
+from tests.test_jobs import start_pool, start_sims, submit, wait_ready, wait_terminal
+from tests.worker_procs import Procs, procs, wait_until
+
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("gymnasium")
+
+TASK = "metaworld/reach-v3"
+EXPERT = ("--policy", "metaworld-expert", "--policy-arg", "task=reach-v3")
+
+
+def test_record_policy_all_failures_first_n_and_video() -> None:
+    base = {"task": TASK, "pool": "p", "episodes": 10, "record_dir": "/tmp/x"}
+    assert JobSpec(**base, record="all").records(9, True)
+    failures = JobSpec(**base, record="failures")
+    assert failures.records(3, False) and not failures.records(3, True)
+    first = JobSpec(**base, record="3")
+    assert first.records(2, True) and not first.records(3, False)
+    assert not first.may_record(3) and first.may_record(2)
+    filmed = JobSpec(**base, video=2)
+    assert filmed.records(1, True) and not filmed.records(2, False)
+    assert not JobSpec(task=TASK, pool="p", episodes=10).recording
+    with pytest.raises(ConfigError, match="--record-dir"):
+        JobSpec(task=TASK, pool="p", episodes=10, record="all")
+    with pytest.raises(ConfigError, match="'all', 'failures' or a number"):
+        JobSpec(**base, record="some")
+    spec = JobSpec(**base, record="failures", video=1)
+    assert JobSpec.from_json(spec.to_json()) == spec
+
+
+def _frames_of(root: Path) -> dict[int, Any]:
+    """Each committed episode's parquet table, read with plain pyarrow."""
+    out = {}
+    for marker in sorted((root / "meta" / "episodes").glob("episode_*.json")):
+        index = json.loads(marker.read_text())["episode_index"]
+        out[index] = pq.read_table(root / dataset.data_path(index))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
+def test_recorded_job_reads_back_and_a_kill_9_rerun_gives_the_same_episodes(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    episodes = 24  # units of 12 on one env slot: long enough to be killed mid-unit
+    args = ("--task", TASK, "--pool", "expert", "--episodes", str(episodes), "--shard-size", "12",
+            "--max-steps", "60", "--record", "all")  # fmt: skip
+    with procs(settings, tmp_path) as p:
+        start_pool(p, "expert", *EXPERT)
+        start_sims(p, 1, "--num-envs", "1", "--lease-ms", "1500")
+        wait_ready(r, keys, p, sims=1, pool_name="expert")
+        first_dir = tmp_path / "first"
+        job_id = submit(settings, *args, "--record-dir", str(first_dir))
+        assert wait_terminal(r, keys, job_id, p).state is JobState.COMPLETED
+        first = _check_dataset(r, keys, job_id, first_dir, episodes)
+        _rerun_with_a_kill(settings, r, keys, p, args, tmp_path / "second", first, episodes)
+
+
+def _check_dataset(
+    r: redis.Redis, keys: Keys, job_id: str, root: Path, episodes: int
+) -> dict[int, Any]:
+    stored = {e.index: e for e in results.read_results(r, keys, job_id)}
+    ds = dataset.read_dataset(str(root))
+    assert [e["episode_index"] for e in ds.episodes] == list(range(episodes))
+    assert [e["length"] for e in ds.episodes] == [stored[i].length for i in range(episodes)]
+    assert [e["success"] for e in ds.episodes] == [stored[i].success for i in range(episodes)]
+    assert ds.num_frames == sum(e.length for e in stored.values())
+    assert ds.frames["action"].shape == (ds.num_frames, 4)
+    assert ds.frames["observation.state"].shape == (ds.num_frames, 39)
+    assert ds.tasks == {0: TASK}
+    assert {e["instruction"] for e in ds.episodes} == {instruction_for(TASK)} != {""}
+    tables = _frames_of(root)
+    for index, table in tables.items():
+        n = stored[index].length
+        assert table.num_rows == n
+        assert table.column("frame_index").to_pylist() == list(range(n))
+        assert set(table.column("episode_index").to_pylist()) == {index}
+        assert table.column("next.done").to_pylist()[-1] is True
+        rewards = np.asarray(table.column("next.reward").to_pylist())
+        assert rewards.sum() == pytest.approx(stored[index].return_, rel=1e-5)
+        assert table.column("next.success").to_pylist()[-1] == stored[index].success
+    info = json.loads((root / dataset.INFO_PATH).read_text())  # consolidated at completion
+    assert info["total_episodes"] == episodes and info["total_frames"] == ds.num_frames
+    assert info["features"]["action"]["shape"] == [4]
+    tasks = [json.loads(line) for line in (root / dataset.TASKS_PATH).read_text().splitlines()]
+    assert [t["task"] for t in tasks] == [TASK]
+    lines = (root / dataset.EPISODES_PATH).read_text().splitlines()
+    assert [json.loads(line)["length"] for line in lines] == [e["length"] for e in ds.episodes]
+    return tables
+
+
+def _rerun_with_a_kill(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, p: Procs, args: tuple[str, ...],
+    root: Path, first: dict[int, Any], episodes: int,
+) -> None:  # fmt: skip
+    sims = start_sims(p, 1, "--num-envs", "1", "--lease-ms", "1500")
+    wait_ready(r, keys, p, sims=2, pool_name="expert")
+    job_id = submit(settings, *args, "--record-dir", str(root))
+
+    def victim() -> dict[str, Any] | None:
+        for w in fleet.live_sim_workers(r, keys):
+            if w.data.get("state") == "running" and 1 <= w.data.get("episodes_done", 0) <= 8:
+                return w.to_dict()
+        return None
+
+    target = wait_until(victim, 60, "a worker mid-unit", p.procs)
+    assert isinstance(target, dict)
+    proc = next((q for q in p.procs if q.pid == target["pid"]), None)
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(5)
+    assert wait_terminal(r, keys, job_id, p).state is JobState.COMPLETED
+    start, end = (int(x) for x in target["unit"].split("-"))
+    writers = {e.worker for e in results.read_results(r, keys, job_id)[start:end]}
+    assert target["worker_id"] in writers and len(writers) == 2  # killed mid-unit, taken over
+    assert sims[0].poll() is None or target["pid"] == sims[0].pid
+    second = _check_dataset(r, keys, job_id, root, episodes)
+    assert sorted(second) == sorted(first) == list(range(episodes))
+    for index in first:  # the same frames, none duplicated or torn
+        assert second[index].drop(["timestamp"]).equals(first[index].drop(["timestamp"]))
+    parquet = sorted(path.name for path in (root / "data").rglob("*.parquet"))
+    assert parquet == [f"episode_{i:06d}.parquet" for i in range(episodes)]
+
+
+@pytest.fixture
+def needs_metaworld() -> None:
+    pytest.importorskip("metaworld")
+
+
+@pytest.mark.slow
+def test_video_of_the_first_episodes_per_task_has_one_frame_per_step(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    av = pytest.importorskip("av")
+    pytest.importorskip("gym_pusht")
+    root = tmp_path / "rec"
+    with procs(settings, tmp_path) as p:
+        start_pool(p, "pusht", "--policy", "pusht-heuristic")
+        start_sims(p, 1, "--num-envs", "2")
+        wait_ready(r, keys, p, sims=1, pool_name="pusht")
+        job_id = submit(
+            settings, "--task", "pusht/pixels", "--pool", "pusht", "--episodes", "3",
+            "--max-steps", "25", "--video", "2", "--record-dir", str(root),
+        )  # fmt: skip
+        assert wait_terminal(r, keys, job_id, p).state is JobState.COMPLETED
+    ds = dataset.read_dataset(str(root), images=True)
+    assert [e["episode_index"] for e in ds.episodes] == [0, 1]  # --video 2: only those two
+    assert ds.frames["observation.images.pixels"].shape == (ds.num_frames, 96, 96, 3)
+    assert ds.frames["observation.agent_pos"].shape == (ds.num_frames, 2)
+    for episode in ds.episodes:
+        (rel,) = episode["videos"].values()
+        assert rel == dataset.video_path(episode["episode_index"], "observation.images.pixels")
+        data = (root / rel).read_bytes()
+        with av.open(io.BytesIO(data)) as container:
+            assert container.format.name.startswith("mov,mp4")
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert len(decoded) == episode["length"]
+        # the video shows the recorded frames (lossy codec: close, not equal)
+        start = sum(
+            e["length"] for e in ds.episodes if e["episode_index"] < episode["episode_index"]
+        )
+        frames = ds.frames["observation.images.pixels"][start : start + episode["length"]]
+        assert np.abs(np.stack(decoded).astype(int) - frames.astype(int)).mean() < 12
