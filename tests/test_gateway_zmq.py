@@ -273,3 +273,44 @@ def test_kill_9_of_the_only_worker_is_a_delay_for_gateway_clients(
         assert rescuer.poll() is None
         assert not errors, errors[:3]
         assert sorted(done) == list(range(4))
+
+
+@pytest.mark.slow
+def test_up_starts_a_gateway_in_front_of_its_pool(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = child_env(settings, ARENA_HOME=str(tmp_path / "home"))
+    up = subprocess.Popen(
+        [sys.executable, "-m", "arena_eval.cli", "up", "--sim-workers", "0", "--pool", "upgw",
+         "--policy", "metaworld-expert", "--policy-arg", "task=reach-v3",
+         "--gateway", f"zmq:{port}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: live_gateways(r, keys, "upgw"), 90, "the stack's gateway", [up])
+        client = PeerClient(f"tcp://127.0.0.1:{port}", kind="req")
+        reply = client.call("get_action", observation={"state": np.zeros((3, 39))})
+        assert reply[0]["action"].shape == (3, 1, 4), reply
+        client.close()
+        (record,) = cli_json(settings, "workers")["gateways"]
+        assert record["address"] == f"tcp://0.0.0.0:{port}" and record["pool"] == "upgw"
+    finally:
+        up.send_signal(signal.SIGINT)
+        output = up.communicate(timeout=60)[0].decode(errors="replace")
+    assert up.returncode == 0, output
+    assert f"gateway-zmq-{port}" in output
+    assert live_gateways(r, keys) == []  # it deregistered on the way out
+
+
+def test_up_refuses_a_bad_gateway_before_starting_anything(settings: RedisSettings) -> None:
+    for args, needle in (
+        (["--gateway", "http:80", "--pool", "p", "--policy", "zero"], "PROTOCOL:PORT"),
+        (["--gateway", "zmq:5555"], "needs --pool"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "arena_eval.cli", "up", *args],
+            cwd=REPO, env=child_env(settings), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert needle in " ".join(out.stderr.split()), out.stderr

@@ -61,6 +61,20 @@ class Child:
             return ""
 
 
+GATEWAY_PROTOCOLS = ("zmq", "openpi")
+
+
+def parse_gateway(value: str) -> tuple[str, int]:
+    """``zmq:5555`` -> ``("zmq", 5555)``; StackError naming the accepted form otherwise."""
+    protocol, _, port = value.partition(":")
+    if protocol not in GATEWAY_PROTOCOLS or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StackError(
+            f"--gateway {value!r}: expected PROTOCOL:PORT with PROTOCOL one of "
+            f"{', '.join(GATEWAY_PROTOCOLS)}, e.g. zmq:5555 or openpi:8000"
+        )
+    return protocol, int(port)
+
+
 @dataclass
 class LocalStack:
     """Start, supervise and stop a local fabric.
@@ -87,6 +101,8 @@ class LocalStack:
     num_envs: int | None = None
     #: Batch window of the policy workers (``policy serve --max-wait-ms``); None: theirs.
     max_wait_ms: float | None = None
+    #: Gateways in front of ``pool``, as ``PROTOCOL:PORT`` (``zmq:5555``, ``openpi:8000``).
+    gateways: Sequence[str] = ()
     log_dir: Path | None = None
     children: list[Child] = field(default_factory=list)
     started_redis: bool = False
@@ -121,6 +137,15 @@ class LocalStack:
         if self.num_envs is not None:
             args += ["--num-envs", str(self.num_envs)]
         children += [(f"sim-{i}", list(args)) for i in range(self.sim_workers)]
+        for item in self.gateways:
+            protocol, port = parse_gateway(item)
+            if not self.pool:
+                raise StackError(f"--gateway {item} needs --pool: the pool the gateway serves")
+            args = ["gateway", protocol, "--pool", self.pool]
+            args += (
+                ["--bind", f"tcp://0.0.0.0:{port}"] if protocol == "zmq" else ["--port", str(port)]
+            )
+            children.append((f"gateway-{protocol}-{port}", args))
         return children
 
     def _start_redis(self) -> str:
@@ -173,7 +198,7 @@ class LocalStack:
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until the pool's workers and the sim workers have registered."""
-        from arena_eval.broker.fleet import live_sim_workers
+        from arena_eval.broker.fleet import live_gateways, live_sim_workers
 
         r = connect(self.settings.with_url(self.url))
         keys = Keys(self.settings.prefix)
@@ -192,7 +217,8 @@ class LocalStack:
                 >= self.policy_workers
             )
             sims = sum(1 for w in live_sim_workers(r, keys) if w.data.get("pid") in mine)
-            if policy_ok and sims >= self.sim_workers:
+            gateways = sum(1 for g in live_gateways(r, keys) if g.data.get("pid") in mine)
+            if policy_ok and sims >= self.sim_workers and gateways >= len(self.gateways):
                 r.close()
                 return
             if time.monotonic() > deadline:

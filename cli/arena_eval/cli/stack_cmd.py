@@ -36,7 +36,7 @@ from arena_eval.cli.common import (
     settings_for,
 )
 from arena_eval.cli.job_run_cmd import print_results, wait_with_progress
-from arena_eval.cli.stack import LocalStack
+from arena_eval.cli.stack import LocalStack, StackError, parse_gateway
 from arena_eval.sim_worker.config import SimWorkerConfig
 
 #: The demo's suite: three Meta-World tasks the scripted expert solves, about 80 steps each.
@@ -71,11 +71,25 @@ def up_cmd(
         help="Env slots per sim.",
         show_default=f"the sim worker's, {SimWorkerConfig.num_envs}",
     ),
+    gateway: list[str] = typer.Option(
+        [],
+        "--gateway",
+        help="Also serve --pool to peers' clients: zmq:PORT or openpi:PORT; repeat for more.",
+    ),
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """Start Redis (embedded unless --redis-url), workers; supervise until Ctrl-C."""
     if bool(pool) != bool(policy):
         raise typer.BadParameter("--pool and --policy go together")
+    for item in gateway:
+        try:
+            parse_gateway(item)
+        except StackError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--gateway") from None
+    if gateway and not pool:
+        raise typer.BadParameter(
+            "needs --pool (and --policy): the pool it serves", param_hint="--gateway"
+        )
     settings = settings_for(redis_url)
     stack = up_stack(settings, ctx.params)
     with interrupt_on_signals("stopping the stack in order"):
@@ -104,6 +118,7 @@ def up_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStack:
         settings, pool=options["pool"], policy=options["policy"],
         policy_args=options["policy_arg"], policy_workers=options["policy_workers"],
         sim_workers=options["sim_workers"], num_envs=options["num_envs"],
+        gateways=options.get("gateway") or (),
     )  # fmt: skip
 
 
