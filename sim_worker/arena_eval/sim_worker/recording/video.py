@@ -47,7 +47,7 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
 
 
 def _codec(av: object) -> str:
-    available = getattr(av, "codecs_available", set())
+    available: set[str] = getattr(av, "codecs_available", set())
     for name in CODECS:
         if name in available:
             return name
