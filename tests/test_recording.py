@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import redis
 
-from arena_eval.broker import dataset, fleet, results
+from arena_eval.broker import dataset, fleet, report_data, results
 from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
@@ -184,3 +184,15 @@ def test_video_of_the_first_episodes_per_task_has_one_frame_per_step(
         )
         frames = ds.frames["observation.images.pixels"][start : start + episode["length"]]
         assert np.abs(np.stack(decoded).astype(int) - frames.astype(int)).mean() < 12
+    # the HTML report embeds them (data: URIs: the page stays one self-contained file)
+    warnings: list[str] = []
+    videos = report_data.report_data(r, keys, [job_id], warnings)["jobs"][0]["videos"]
+    assert [(v["index"], v["length"]) for v in videos] == [
+        (e["episode_index"], e["length"]) for e in ds.episodes
+    ]
+    assert not warnings
+    pytest.importorskip("plotly")
+    from arena_eval.cli.report_html import render_report
+
+    page = render_report(report_data.report_data(r, keys, [job_id], warnings))
+    assert page.count("<video controls") == 2 and page.count("data:video/mp4;base64,") == 2

@@ -104,6 +104,20 @@ class DatasetStore:
         self.url = url
         self.fs, self.root = fsspec.core.url_to_fs(url)
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the dataset is on this machine's filesystem (paths are local paths)."""
+        protocol = self.fs.protocol
+        return "file" in (protocol if isinstance(protocol, tuple) else (protocol,))
+
+    def marker(self, episode_index: int) -> dict[str, Any] | None:
+        """The episode's marker, or None if it is not committed."""
+        rel = marker_path(episode_index)
+        if not self.exists(rel):
+            return None
+        data: dict[str, Any] = json.loads(self.read_bytes(rel))
+        return data
+
     def path(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"
 

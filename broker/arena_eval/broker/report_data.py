@@ -12,18 +12,22 @@ interval, episodes, mean length), every episode's task, length, success and fini
 where each request's time went: in the policy worker (decode, infer, encode), waiting in the
 pool (queue: the batching window and a busy pool), in transport (the rest of the round trip:
 client encode, Redis, the network), and, when the sim workers record it (``sum:sim_ms``), in
-the simulator. Two jobs get the paired comparison too.
+the simulator. Two jobs get the paired comparison too. A job submitted with ``--video N``
+lists its episodes' mp4s (``videos``: where each is and what it shows), read from the
+recording's episode markers when this machine can see ``record_dir``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import redis
 
-from arena_eval.broker import status
+from arena_eval.broker import dataset, status
+from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.job_view import read_job_view
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import (
@@ -75,7 +79,44 @@ def job_data(r: redis.Redis, keys: Keys, job_id: str, warnings: list[str]) -> di
         "latency": latency_buckets(LatencyHistogram.from_fields(stats)),
         "summary": summary,
         "split": time_split(stats),
+        "videos": video_data(view.spec, warnings),
     }
+
+
+#: Videos listed per job at most (the first N episodes of each task of a large suite).
+MAX_VIDEOS = 200
+
+
+def video_data(spec: dict[str, Any], warnings: list[str]) -> list[dict[str, Any]]:
+    """The job's episode videos (``--video N``): episode, task, outcome, length, camera, the
+    file's ``url`` and, when it is on this machine, its local ``path``. Episodes whose
+    recording is not there (yet, or not visible from here) are left out."""
+    record_dir, per_task = spec.get("record_dir"), spec.get("video") or 0
+    if not isinstance(record_dir, str) or not record_dir or not isinstance(per_task, int):
+        return []
+    tasks, episodes = spec.get("tasks") or [spec.get("task")], int(spec.get("episodes") or 0)
+    indices = [
+        pos * episodes + i for pos in range(len(tasks)) for i in range(min(per_task, episodes))
+    ]
+    out: list[dict[str, Any]] = []
+    try:
+        store = dataset.DatasetStore(record_dir)
+        for index in indices[:MAX_VIDEOS]:
+            marker = store.marker(index)
+            if marker is None:
+                continue
+            for camera, rel in sorted(marker.get("videos", {}).items()):
+                path = store.path(rel)
+                url = Path(path).as_uri() if store.is_local else f"{record_dir.rstrip('/')}/{rel}"
+                out.append({
+                    "index": index, "task": marker.get("task"), "camera": camera,
+                    "success": bool(marker.get("success")), "length": marker.get("length"),
+                    "url": url,
+                    "path": path if store.is_local else None,
+                })  # fmt: skip
+    except (ConfigError, OSError, ValueError) as exc:
+        warnings.append(f"videos under {record_dir!r} could not be listed: {exc}")
+    return out
 
 
 def compare_data(

@@ -13,10 +13,12 @@ values, reasons) are escaped in our own HTML, and plotly escapes them in its JSO
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from arena_eval.broker.errors import ConfigError
@@ -84,12 +86,61 @@ def render_report(data: dict[str, Any]) -> str:
             body.append(f"<h2>{html.escape(title)}</h2>")
         body.append(pio.to_html(fig, full_html=False, include_plotlyjs=first, config=_CONFIG))
         first = False
+    if any(job.get("videos") for job in jobs):
+        body.append("<h2>Episode videos</h2>" + videos_html(jobs))
     body.append("<h2>Job specs</h2>" + "".join(_spec_table(j) for j in jobs))
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         "<title>arena-eval report</title>"
         f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n"
     )
+
+
+#: Bytes of mp4 embedded in the page at most (as data: URIs, so the file stays self-contained);
+#: videos past it, or not on this machine, are linked instead.
+EMBED_BUDGET = 16 * 1024 * 1024
+
+
+def videos_html(jobs: Sequence[dict[str, Any]]) -> str:
+    """Each job's ``--video`` episodes: embedded players while the budget lasts, then links."""
+    budget = EMBED_BUDGET
+    parts: list[str] = []
+    for job in jobs:
+        if not job.get("videos"):
+            continue
+        parts.append(f"<h3>{html.escape(label(job, jobs))}</h3><div>")
+        for video in job["videos"]:
+            caption = html.escape(
+                f"{video['task']} episode {video['index']} ({video['camera']}): "
+                f"{'success' if video['success'] else 'failure'}, {video['length']} steps"
+            )
+            data = _video_bytes(video.get("path"), budget)
+            link = f'<a href="{html.escape(str(video["url"]))}">{caption}</a>'
+            if data is None:
+                parts.append(f"<p>{link}</p>")
+                continue
+            budget -= len(data)
+            src = "data:video/mp4;base64," + base64.b64encode(data).decode()
+            parts.append(
+                "<figure style='display:inline-block;margin:0.4em'>"
+                f'<video controls muted loop width=240 src="{src}"></video>'
+                f"<figcaption class=muted>{link}</figcaption></figure>"
+            )
+        parts.append("</div>")
+    return "".join(parts)
+
+
+def _video_bytes(path: str | None, budget: int) -> bytes | None:
+    """The local mp4 at ``path`` if it fits in ``budget`` (None: link it instead)."""
+    if not path:
+        return None
+    try:
+        file = Path(path)
+        if file.stat().st_size > budget:
+            return None
+        return file.read_bytes()
+    except OSError:
+        return None
 
 
 def _header(data: dict[str, Any]) -> str:
