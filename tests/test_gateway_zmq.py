@@ -314,3 +314,45 @@ def test_up_refuses_a_bad_gateway_before_starting_anything(settings: RedisSettin
         )  # fmt: skip
         assert out.returncode == 2, out.stdout + out.stderr
         assert needle in " ".join(out.stderr.split()), out.stderr
+
+
+def test_redis_restart_is_a_pause_for_the_gateway(own_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from arena_eval.policy_worker.server import PolicyWorker
+    from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore
+    from arena_eval.sim_worker.gateways.zmq_gateway import ZmqGateway
+    from tests.zmq_peer_clients import SlowEchoPolicy
+
+    settings = RedisSettings(url=own_server.url, prefix="gwrestart:", retry_budget_s=20)
+    keys = Keys(settings.prefix)
+    worker = PolicyWorker("p", SlowEchoPolicy(latency_ms=0), settings, max_wait_ms=1.0)
+    worker_thread = threading.Thread(target=worker.run, daemon=True)
+    worker_thread.start()
+    core = GatewayCore(GatewayConfig(pool="p", protocol="zmq", address="-", redis=settings,
+                                     timeout_s=20))  # fmt: skip
+    gateway = ZmqGateway(core, "tcp://127.0.0.1:0", None)
+    core.start()
+    serving = threading.Thread(target=gateway.serve, daemon=True)
+    serving.start()
+    client = PeerClient(gateway.address, kind="dealer")
+    try:
+        x = np.arange(2 * DIM, dtype=np.float32).reshape(2, DIM)
+        first = client.call("get_action", observation={"x": x})
+        np.testing.assert_array_equal(first[0]["action"], echo_actions(x))
+        own_server.restart()
+        restarted = time.time()
+        again = client.call("get_action", observation={"x": x + 1})
+        np.testing.assert_array_equal(again[0]["action"], echo_actions(x + 1))
+        r = redis.Redis.from_url(own_server.url)
+
+        def beating_again() -> bool:
+            return any(float(g.data["heartbeat"]) > restarted for g in live_gateways(r, keys, "p"))
+
+        wait_until(beating_again, 15, "the gateway's heartbeat after the restart")
+    finally:
+        client.close()
+        gateway.stop()
+        serving.join(10)
+        core.stop()
+        worker.stop()
+        worker_thread.join(10)
+    assert not serving.is_alive()
