@@ -73,3 +73,45 @@ def throughput_cmd(
         f"req/s = [bold]{result['ratio']:.2f}x[/]",
         highlight=False,
     )
+
+
+@app.command("gateway")
+def gateway_cmd(
+    clients: str = typer.Option("1,4,8", "--clients", help="Client counts, comma-separated."),
+    family: list[str] = typer.Option(
+        [], "--family", help="openpi | zmq (repeatable; default both)."
+    ),
+    latency_ms: float = typer.Option(10.0, "--latency-ms", help="Fixed forward-pass time."),
+    seconds: float = typer.Option(5.0, "--seconds", help="Measurement time per point."),
+    payload: str = typer.Option(
+        "small", "--payload", help="small (state + prompt) | libero (+ two 224x224 cameras)."
+    ),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """N unmodified openpi / seed-protocol clients: gateway + pool vs the peers' own servers."""
+    from arena_eval.benchmarks.gateway import FAMILIES, format_table, run_gateway_bench
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            "comma-separated integers, e.g. 1,4,8", param_hint="--clients"
+        ) from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("at least one count, each >= 1", param_hint="--clients")
+    bad = sorted(set(family) - set(FAMILIES))
+    if bad:
+        raise typer.BadParameter(f"choose from {', '.join(FAMILIES)}", param_hint="--family")
+    if payload not in ("small", "libero"):
+        raise typer.BadParameter("small or libero", param_hint="--payload")
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext() as bar:
+        result = run_gateway_bench(
+            clients=counts, families=family or FAMILIES, latency_ms=latency_ms, seconds=seconds,
+            payload=payload, settings=settings_for(redis_url),
+            progress=(lambda text: bar.update(f"measuring {text}")) if bar else None,
+        )  # fmt: skip
+    if json_out:
+        print_json(result)
+    else:
+        console.print(format_table(result), highlight=False, markup=False)
