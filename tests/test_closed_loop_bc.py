@@ -83,8 +83,10 @@ def test_bc_from_recorded_expert_episodes_succeeds_on_held_out_seeds(
         )  # fmt: skip
     assert final["episodes_done"] == 20
     rate = final["successes"] / final["episodes_done"]
-    print(f"BC reach-v3: {rate:.2f} success on 20 held-out seeds, trained in "
-          f"{summary['train_seconds']} s, checkpoint {summary['checkpoint_bytes']} bytes")  # fmt: skip
+    print(
+        f"BC reach-v3: {rate:.2f} success on 20 held-out seeds, trained in "
+        f"{summary['train_seconds']} s, checkpoint {summary['checkpoint_bytes']} bytes"
+    )
     assert rate >= 0.8, final
 
 

@@ -102,7 +102,7 @@ def test_cnn_policy_reads_where_the_dot_is(tmp_path: Path) -> None:
 def test_cuda_is_refused_readably_without_a_device() -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the refusal cannot be seen here")
-    with pytest.raises(ConfigError, match="--device cuda: CUDA is not available.*--device cpu"):
+    with pytest.raises(ConfigError, match=r"--device cuda: CUDA is not available.*--device cpu"):
         train_bc(_line_episodes(1), BCConfig(epochs=1, device="cuda"))
 
 

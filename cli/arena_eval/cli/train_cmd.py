@@ -49,7 +49,7 @@ def bc_cmd(
     success_only: bool = typer.Option(
         False, "--success-only", help="Train only on episodes that succeeded."
     ),
-    obs_dtype: list[str] = typer.Option(  # noqa: B008
+    obs_dtype: list[str] = typer.Option(
         [], "--obs-dtype", help="KEY=DTYPE the sim sends (default: the recording's, or float64)."
     ),
     name: str = typer.Option("bc", "--name", help="Policy name in the checkpoint's spec."),

@@ -18,7 +18,7 @@ import numpy as np
 
 from arena_eval.broker.errors import ConfigError
 
-__all__ = ["ChunkedSamples", "Episode", "chunk_targets", "check_episodes"]
+__all__ = ["ChunkedSamples", "Episode", "check_episodes", "chunk_targets"]
 
 
 @dataclass(frozen=True)

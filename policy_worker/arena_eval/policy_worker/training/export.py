@@ -63,8 +63,7 @@ def write_loss_svg(path: Path, curve: Sequence[EpochStats], width: int = 480) ->
     span = hi - lo or 1.0
     n = max(len(losses) - 1, 1)
     points = " ".join(
-        f"{pad + (width - 2 * pad) * i / n:.1f},"
-        f"{pad + (height - 2 * pad) * (hi - v) / span:.1f}"
+        f"{pad + (width - 2 * pad) * i / n:.1f},{pad + (height - 2 * pad) * (hi - v) / span:.1f}"
         for i, v in enumerate(losses)
     )
     text = (

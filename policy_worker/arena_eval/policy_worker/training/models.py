@@ -19,6 +19,7 @@ sim's observation spec (float64 Meta-World state, uint8 frames).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -35,6 +36,8 @@ STD_FLOOR = 1e-2
 class SpatialSoftmax(nn.Module):
     """Per channel, the softmax-weighted mean (x, y) position in [-1, 1]: 2C features."""
 
+    pos: torch.Tensor
+
     def __init__(self, height: int, width: int) -> None:
         super().__init__()
         ys, xs = torch.meshgrid(
@@ -45,8 +48,7 @@ class SpatialSoftmax(nn.Module):
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
         b, c = feat.shape[0], feat.shape[1]
         weights = torch.softmax(feat.flatten(2), dim=-1)  # (B, C, HW)
-        pos: torch.Tensor = self.pos
-        return torch.matmul(weights, pos).reshape(b, c * 2)
+        return torch.matmul(weights, self.pos).reshape(b, c * 2)
 
 
 def _conv_out(size: int, kernel: int, stride: int) -> int:
@@ -55,6 +57,11 @@ def _conv_out(size: int, kernel: int, stride: int) -> int:
 
 class BCPolicyNet(nn.Module):
     """``forward(obs) -> (B, H, A)``: a chunk of actions from state (and an image)."""
+
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+    action_mean: torch.Tensor
+    action_std: torch.Tensor
 
     def __init__(
         self,
@@ -101,7 +108,7 @@ class BCPolicyNet(nn.Module):
             features += 2 * channels
         dims = [features] + [hidden] * layers
         body: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
+        for a, b in itertools.pairwise(dims):
             body += [nn.Linear(a, b), nn.ReLU()]
         body.append(nn.Linear(dims[-1], chunk * action_dim))
         self.head = nn.Sequential(*body)
@@ -127,9 +134,7 @@ class BCPolicyNet(nn.Module):
         """The standardised, concatenated state ``(B, D)``."""
         parts = [obs[k].to(torch.float32).flatten(1) for k in self.state_keys]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        mean: torch.Tensor = self.state_mean
-        std: torch.Tensor = self.state_std
-        return (x - mean) / std
+        return (x - self.state_mean) / self.state_std
 
     def normalised(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Standardised actions ``(B, H, A)``: what the loss compares."""
@@ -141,6 +146,4 @@ class BCPolicyNet(nn.Module):
         return out.reshape(out.shape[0], self.chunk, self.action_dim)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        mean: torch.Tensor = self.action_mean
-        std: torch.Tensor = self.action_std
-        return self.normalised(obs) * std + mean
+        return self.normalised(obs) * self.action_std + self.action_mean

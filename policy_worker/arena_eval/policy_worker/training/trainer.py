@@ -83,9 +83,7 @@ def split_keys(
             f"{', '.join(available) or 'none'})"
         )
     if state_keys is None:
-        state_keys = [
-            k for k in available if k != image_key and episodes[0].obs[k].ndim in (1, 2)
-        ]
+        state_keys = [k for k in available if k != image_key and episodes[0].obs[k].ndim in (1, 2)]
     missing = [k for k in state_keys if k not in available]
     if missing:
         raise ConfigError(f"state keys {missing} are not in the episodes ({available})")
@@ -197,9 +195,7 @@ def train_bc(
     if device.type == "cuda":
         tensors = {k: v.to(device) for k, v in tensors.items()}
         target = target.to(device)
-    a_mean: torch.Tensor = model.action_mean
-    a_std: torch.Tensor = model.action_std
-    target_n = (target.to(device) - a_mean) / a_std
+    target_n = (target.to(device) - model.action_mean) / model.action_std
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(samples.rows / config.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.epochs * steps_per_epoch)
