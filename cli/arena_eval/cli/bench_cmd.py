@@ -115,3 +115,39 @@ def gateway_cmd(
         print_json(result)
     else:
         console.print(format_table(result), highlight=False, markup=False)
+
+
+@app.command("policy")
+def policy_rows_cmd(
+    batch: str = typer.Option("1,8,64,256", "--batch", help="Rows per request, comma-separated."),
+    device: str = typer.Option("cpu,cuda", "--device", help="Devices (cuda is skipped if absent)."),
+    model: str = typer.Option("mlp", "--model", help="mlp (Meta-World state) | cnn (PushT)."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="Your .pt2 instead."),
+    seconds: float = typer.Option(2.0, "--seconds", help="Measurement time per figure."),
+    no_pool: bool = typer.Option(False, "--no-pool", help="Model alone, no pool through Redis."),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Rows/s of a torch policy per batch size and device: the model alone and through a pool."""
+    from arena_eval.benchmarks.policy_rows import MODELS, format_table, run_policy_rows
+
+    try:
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        raise typer.BadParameter(
+            "comma-separated integers, e.g. 1,8,64", param_hint="--batch"
+        ) from None
+    if not batches or min(batches) < 1:
+        raise typer.BadParameter("at least one batch size, each >= 1", param_hint="--batch")
+    if model not in MODELS:
+        raise typer.BadParameter(f"choose from {', '.join(MODELS)}", param_hint="--model")
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+        result = run_policy_rows(
+            batches=batches, devices=[d.strip() for d in device.split(",") if d.strip()],
+            model=model, checkpoint=checkpoint, seconds=seconds, pool=not no_pool,
+            settings=None if no_pool else settings_for(redis_url),
+        )  # fmt: skip
+    if json_out:
+        print_json(result)
+    else:
+        console.print(format_table(result), highlight=False, markup=False)
