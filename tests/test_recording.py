@@ -21,6 +21,7 @@ from arena_eval.broker.errors import ConfigError
 from arena_eval.broker.jobs import JobSpec, JobState
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
+from arena_eval.sim_worker.envs.factory import make_env
 from arena_eval.sim_worker.envs.suites import instruction_for
 from tests.test_jobs import start_pool, start_sims, submit, wait_ready, wait_terminal
 from tests.worker_procs import Procs, procs, wait_until
@@ -102,6 +103,7 @@ def _check_dataset(
         rewards = np.asarray(table.column("next.reward").to_pylist())
         assert rewards.sum() == pytest.approx(stored[index].return_, rel=1e-5)
         assert table.column("next.success").to_pylist()[-1] == stored[index].success
+    _replay(tables[5], stored[5].seed or 0)
     info = json.loads((root / dataset.INFO_PATH).read_text())  # consolidated at completion
     assert info["total_episodes"] == episodes and info["total_frames"] == ds.num_frames
     assert info["features"]["action"]["shape"] == [4]
@@ -110,6 +112,20 @@ def _check_dataset(
     lines = (root / dataset.EPISODES_PATH).read_text().splitlines()
     assert [json.loads(line)["length"] for line in lines] == [e["length"] for e in ds.episodes]
     return tables
+
+
+def _replay(table: Any, seed: int) -> None:
+    """Each frame is the observation its action was computed from: replaying the recorded
+    actions from the episode's reset reproduces the recorded observations and rewards."""
+    states = np.asarray(table.column("observation.state").to_pylist(), np.float32)
+    actions = np.asarray(table.column("action").to_pylist(), np.float32)
+    with make_env(TASK, 1, max_steps=60) as env:
+        obs = env.reset(np.array([0]), np.array([seed]))
+        for t in range(len(actions)):
+            np.testing.assert_allclose(obs["state"][0], states[t], rtol=1e-5, atol=1e-5)
+            step = env.step(actions[t : t + 1])
+            assert step.reward[0] == pytest.approx(table.column("next.reward")[t].as_py(), 1e-5)
+            obs = step.obs
 
 
 def _rerun_with_a_kill(
@@ -196,3 +212,36 @@ def test_video_of_the_first_episodes_per_task_has_one_frame_per_step(
 
     page = render_report(report_data.report_data(r, keys, [job_id], warnings))
     assert page.count("<video controls") == 2 and page.count("data:video/mp4;base64,") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
+def test_meta_world_camera_video_and_a_video_without_frames_fails_readably(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    av = pytest.importorskip("av")
+    from tests.gl_probe import gl_problem
+
+    if (problem := gl_problem()) is not None:
+        pytest.skip(f"no GL for a Meta-World camera here: {problem}")
+    args = ("--task", TASK, "--pool", "expert", "--episodes", "2", "--max-steps", "30",
+            "--video", "1")  # fmt: skip
+    with procs(settings, tmp_path) as p:
+        start_pool(p, "expert", *EXPERT)
+        start_sims(p, 1, "--num-envs", "2")
+        wait_ready(r, keys, p, sims=1, pool_name="expert")
+        filmed = submit(settings, *args, "--camera", "corner", "--image-size", "64",
+                        "--record-dir", str(tmp_path / "cam"))  # fmt: skip
+        blind = submit(settings, *args, "--record-dir", str(tmp_path / "blind"))
+        assert wait_terminal(r, keys, filmed, p).state is JobState.COMPLETED
+        failed = wait_terminal(r, keys, blind, p)
+    assert failed.state is JobState.FAILED
+    assert "--camera" in failed.reason and "observes no image" in failed.reason
+    ds = dataset.read_dataset(str(tmp_path / "cam"))
+    (episode,) = ds.episodes  # --video 1 of 2 episodes: only the first is filmed and recorded
+    assert episode["episode_index"] == 0
+    rel = episode["videos"]["observation.images.corner_rgb"]
+    with av.open(str(tmp_path / "cam" / rel)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (64, 64)
+        assert sum(1 for _ in container.decode(video=0)) == episode["length"] > 1

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from arena_eval.broker.dataset import is_image
 from arena_eval.broker.episode import EpisodeResult, finite
 from arena_eval.broker.jobs import JobSpec
 from arena_eval.broker.metrics import SUM_PREFIX, TIMING_FIELDS, LatencyHistogram
@@ -42,12 +43,18 @@ from arena_eval.sim_worker.recording.capture import Trajectory, TrajectoryBuffer
 
 
 def spec_mismatch(
-    env: VectorEnv, spec: PolicySpec, job: JobSpec, *, instruction: str = ""
+    env: VectorEnv,
+    spec: PolicySpec,
+    job: JobSpec,
+    *,
+    instruction: str = "",
+    hidden: Collection[str] = (),
 ) -> str | None:
     """Why the pool cannot drive this env (None if it can); checked before any request.
 
     ``instruction`` is the one the rollout would send: a pool whose policy
-    ``needs_instruction`` cannot be driven without one.
+    ``needs_instruction`` cannot be driven without one. ``hidden`` observation keys are
+    not sent to the pool (``filmed_only``).
     """
     if not spec.serves_task(job.task):
         return (
@@ -66,12 +73,27 @@ def spec_mismatch(
             f"(needs_instruction), but task {job.task!r} has no instruction; give the job "
             "an instruction for the task (suites carry one per task)"
         )
-    sample = {k: np.zeros((1, *f.shape), f.dtype) for k, f in env.observation_spec().items()}
+    sample = {
+        k: np.zeros((1, *f.shape), f.dtype)
+        for k, f in env.observation_spec().items()
+        if k not in hidden
+    }
     try:
         spec.check_observations(sample)
     except SpecMismatch as exc:
         return f"observations of task {job.task!r} do not match pool {job.pool!r}: {exc}"
     return None
+
+
+def filmed_only(env: VectorEnv, spec: PolicySpec, job: JobSpec) -> frozenset[str]:
+    """Camera keys a job films (``--video``) but its pool does not take: they are recorded
+    and not sent, so a state policy's episodes can be watched too."""
+    if job.video <= 0 or spec.observations is None:
+        return frozenset()
+    return frozenset(
+        k for k, f in env.observation_spec().items()
+        if k not in spec.observations and is_image(f.shape, f.dtype)
+    )  # fmt: skip
 
 
 #: Milliseconds spent in the simulator (env steps and resets), summed per job: with
@@ -189,6 +211,7 @@ def run_episodes(
     instruction: str = "",
     capture: TrajectoryBuffer | None = None,
     on_recorded: RecordSink | None = None,
+    hidden: Collection[str] = (),
 ) -> int:
     """Run episodes ``indices`` on ``env``; return how many finished (stops early on request).
 
@@ -197,6 +220,7 @@ def run_episodes(
     not a Redis call). ``task`` and ``instruction`` go with every policy row (one task
     per rollout; the unit runner passes the job's task and its instruction). ``capture``
     buffers frames of the episodes it keeps; they go to ``on_recorded`` when they end.
+    ``hidden`` observation keys are recorded but not sent to the policy.
     """
     todo = deque(indices)
     if not todo:
@@ -213,7 +237,8 @@ def run_episodes(
         active = slots.active
         ids = [f"{job_id}:{i}" if i >= 0 else "" for i in slots.index.tolist()]
         requests, rows = policy.requests, policy.rows_requested
-        actions = policy.act(obs, ids, active=active, task=task, instruction=instruction)
+        sent = {k: v for k, v in obs.items() if k not in hidden} if hidden else obs
+        actions = policy.act(sent, ids, active=active, task=task, instruction=instruction)
         if policy.requests != requests:
             stats.add_request(policy.client.last_timing, policy.rows_requested - rows)
         if capture is not None:

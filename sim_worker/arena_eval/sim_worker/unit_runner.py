@@ -48,7 +48,12 @@ from arena_eval.sim_worker.kept import EnvCache, PoolClients
 from arena_eval.sim_worker.lease import LEASE_LOST, Lease, Outcome
 from arena_eval.sim_worker.pool_watch import PoolWatch
 from arena_eval.sim_worker.recording import EpisodeWriter, Trajectory, TrajectoryBuffer
-from arena_eval.sim_worker.rollout import RolloutStats, run_episodes, spec_mismatch
+from arena_eval.sim_worker.rollout import (
+    RolloutStats,
+    filmed_only,
+    run_episodes,
+    spec_mismatch,
+)
 
 log = logging.getLogger("arena_eval.sim_worker")
 
@@ -98,7 +103,8 @@ class UnitRunner:
                 env = self.envs.get(spec_, num_envs)
             except Exception as exc:
                 return self._fail(job, f"cannot build task {spec_.task!r}: {_describe(exc)}")
-            reason = spec_mismatch(env, spec, spec_, instruction=instruction)
+            hidden = filmed_only(env, spec, spec_)
+            reason = spec_mismatch(env, spec, spec_, instruction=instruction, hidden=hidden)
             if reason is not None:
                 return self._fail(job, reason)
             try:
@@ -111,7 +117,7 @@ class UnitRunner:
             lease.episodes_done = len(done)
             try:
                 todo = [i for i in lease.unit.indices if i not in done]
-                self._rollout(job, lease, env, todo, spec_.task, instruction, writer)
+                self._rollout(job, lease, env, todo, spec_.task, instruction, writer, hidden)
             except PolicyInterrupted:  # stopping or cancelled while waiting for an answer
                 self.clients.discard(job.spec.pool)  # its reply stream may still get the answer
                 return self._aborted(job, lease)
@@ -165,6 +171,7 @@ class UnitRunner:
         task: str,
         instruction: str,
         writer: EpisodeWriter | None = None,
+        hidden: frozenset[str] = frozenset(),
     ) -> None:
         policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
         skipped = lease.episodes_done
@@ -199,7 +206,7 @@ class UnitRunner:
             env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
             on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
             progress=progress, task=task, instruction=instruction, capture=capture,
-            on_recorded=record,
+            on_recorded=record, hidden=hidden,
         )  # fmt: skip
 
     def _aborted(self, job: Job, lease: Lease) -> Outcome:
