@@ -356,3 +356,68 @@ def test_redis_restart_is_a_pause_for_the_gateway(own_server, tmp_path: Path) ->
         worker.stop()
         worker_thread.join(10)
     assert not serving.is_alive()
+
+
+def test_tokens_come_from_env_or_file_and_compare_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from arena_eval.broker.errors import ConfigError
+    from arena_eval.sim_worker.gateways.core import load_token, token_ok
+
+    assert load_token() is None
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert load_token(env_var=TOKEN_ENV) == TOKEN
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    assert load_token(file=path) == TOKEN
+    for kwargs, needle in (
+        ({"env_var": TOKEN_ENV, "file": path}, "not both"),
+        ({"env_var": "ARENA_TEST_UNSET_VAR"}, "not set"),
+        ({"file": tmp_path / "missing"}, "cannot read"),
+    ):
+        with pytest.raises(ConfigError, match=needle) as err:
+            load_token(**kwargs)  # type: ignore[arg-type]
+        assert TOKEN not in str(err.value)
+    path.write_text("\n")
+    with pytest.raises(ConfigError, match="empty"):
+        load_token(file=path)
+    assert token_ok(None, None) and token_ok(None, "anything")
+    assert token_ok(TOKEN, TOKEN) and token_ok(TOKEN, TOKEN.encode())
+    for wrong in (None, "", TOKEN[:-1], TOKEN + "x", 123, [TOKEN]):
+        assert not token_ok(TOKEN, wrong)
+
+
+def test_idle_sessions_are_forgotten(settings: RedisSettings, r: redis.Redis, keys: Keys) -> None:
+    from arena_eval.policy_worker.server import PolicyWorker
+    from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore
+    from arena_eval.sim_worker.gateways.zmq_gateway import ZmqGateway
+    from tests.zmq_peer_clients import SlowEchoPolicy
+
+    worker = PolicyWorker("idle", SlowEchoPolicy(latency_ms=0), settings, max_wait_ms=1.0)
+    worker_thread = threading.Thread(target=worker.run, daemon=True)
+    worker_thread.start()
+    config = GatewayConfig(pool="idle", protocol="zmq", address="-", redis=settings,
+                           idle_timeout_s=0.5)  # fmt: skip
+    core = GatewayCore(config)
+    gateway = ZmqGateway(core, "tcp://127.0.0.1:0", None)
+    core.start()
+    serving = threading.Thread(target=gateway.serve, daemon=True)
+    serving.start()
+    client = PeerClient(gateway.address, kind="req")
+    try:
+        x = np.zeros((1, DIM), np.float32)
+        client.call("get_action", observation={"x": x})
+        assert core.status()["sessions"] == 1
+        replies = set(r.scan_iter(f"{settings.prefix}client:*"))
+        assert replies  # the session's reply stream
+        wait_until(lambda: core.status()["sessions"] == 0, 10, "the idle session to go")
+        wait_until(lambda: not set(r.scan_iter(f"{settings.prefix}client:*")), 5, "its stream")
+        again = client.call("get_action", observation={"x": x + 1})  # a new session
+        np.testing.assert_array_equal(again[0]["action"], echo_actions(x + 1))
+    finally:
+        client.close()
+        gateway.stop()
+        serving.join(10)
+        core.stop()
+        worker.stop()
+        worker_thread.join(10)

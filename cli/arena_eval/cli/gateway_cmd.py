@@ -45,6 +45,12 @@ def zmq_cmd(
     max_in_flight: int = typer.Option(
         _DEFAULTS.max_in_flight, "--max-in-flight", min=1, help="Requests in the pool at once."
     ),
+    idle_timeout: float = typer.Option(
+        _DEFAULTS.idle_timeout_s,
+        "--idle-timeout",
+        min=0.1,
+        help="Forget a client silent this many seconds.",
+    ),
     gateway_id: str | None = typer.Option(
         None,
         "--gateway-id",
@@ -68,7 +74,8 @@ def zmq_cmd(
     ping(connect(settings), settings)
     config = GatewayConfig(
         pool=pool, protocol="zmq", address=bind, timeout_s=timeout, task=task,
-        max_in_flight=max_in_flight, gateway_id=gateway_id, redis=settings,
+        max_in_flight=max_in_flight, idle_timeout_s=idle_timeout, gateway_id=gateway_id,
+        redis=settings,
     )  # fmt: skip
     core = GatewayCore(config)
 

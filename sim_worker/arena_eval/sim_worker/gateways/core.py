@@ -140,6 +140,9 @@ class GatewayConfig:
     max_in_flight: int = 64
     #: Every row's task (a pool serving several tasks needs it); "" for none.
     task: str = ""
+    #: A client silent this long is forgotten (its requester and reply stream closed),
+    #: as Arena v2's server drops idle clients; a returning client gets a new session.
+    idle_timeout_s: float = 600.0
     #: Name in ``arena-eval workers``; None: ``gw-<protocol>-host-pid-random``.
     gateway_id: str | None = None
     #: Redis to work on; None: ``RedisSettings.from_env()``.
@@ -148,6 +151,8 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:
             raise ConfigError(f"timeout must be > 0 s, got {self.timeout_s}")
+        if self.idle_timeout_s <= 0:
+            raise ConfigError(f"idle timeout must be > 0 s, got {self.idle_timeout_s}")
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 
@@ -281,7 +286,22 @@ class GatewayCore:
             found = self._sessions.get(key)
             if found is None:
                 found = self._sessions[key] = Session(self, key)
+            found.last_seen = time.monotonic()
             return found
+
+    def drop_idle(self) -> list[str]:
+        """Forget sessions silent for ``idle_timeout_s`` (not one with a call in flight)."""
+        cutoff = time.monotonic() - self.config.idle_timeout_s
+        with self._lock:
+            idle = [k for k, s in self._sessions.items() if s.last_seen < cutoff]
+        dropped = []
+        for key in idle:
+            session = self._sessions.get(key)
+            if session is not None and session.lock.acquire(blocking=False):
+                session.lock.release()
+                self.drop(key)
+                dropped.append(key)
+        return dropped
 
     def has_session(self, key: str) -> bool:
         with self._lock:
@@ -326,6 +346,7 @@ class GatewayCore:
         while not self._stop.is_set():
             try:
                 pipe = self._r.pipeline(transaction=False)
+                self.drop_idle()
                 fleet.gateway_heartbeat(pipe, self.keys, self.gateway_id, self.status())
                 pipe.execute()
                 backoff, warned = fleet.HEARTBEAT_INTERVAL_S, False
