@@ -150,4 +150,4 @@ def policy_rows_cmd(
     if json_out:
         print_json(result)
     else:
-        console.print(format_table(result), highlight=False, markup=False)
+        console.print(format_table(result), highlight=False, markup=False, soft_wrap=True)
