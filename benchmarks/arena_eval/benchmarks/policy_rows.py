@@ -207,9 +207,9 @@ def format_table(result: dict[str, Any]) -> str:
     cols = ["device", "batch", "model_rows_per_s", "pool_rows_per_s", "decode_ms", "h2d_ms",
             "forward_ms", "d2h_ms", "encode_ms"]  # fmt: skip
     present = [c for c in cols if any(c in r for r in result["rows"])]
-    lines = ["  ".join(f"{c:>16}" for c in present)]
+    lines = [" ".join(f"{c:>{len(c)}}" for c in present)]
     for r in result["rows"]:
-        lines.append("  ".join(f"{r.get(c, '-')!s:>16}" for c in present))
+        lines.append(" ".join(f"{r.get(c, '-')!s:>{len(c)}}" for c in present))
     for device, why in result["skipped"].items():
         lines.append(f"{device}: skipped ({why})")
     lines.append(f"{result['torch']}; checkpoint {result['checkpoint_bytes']} bytes")
