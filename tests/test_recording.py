@@ -245,3 +245,72 @@ def test_meta_world_camera_video_and_a_video_without_frames_fails_readably(
         stream = container.streams.video[0]
         assert (stream.width, stream.height) == (64, 64)
         assert sum(1 for _ in container.decode(video=0)) == episode["length"] > 1
+
+
+def test_submit_flags_resolve_the_record_dir_and_say_what_is_missing(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from typer.testing import CliRunner
+
+    from arena_eval.broker import jobs
+    from arena_eval.cli.app import app
+
+    env = {"ARENA_REDIS_URL": settings.url or "", "ARENA_PREFIX": settings.prefix}
+    base = ["submit", "--task", TASK, "--episodes", "2", "--json"]
+    out = CliRunner().invoke(app, [*base, "--pool", "a", "--record", "all"], env=env)
+    assert isinstance(out.exception, ConfigError)  # main() prints it as "error: ..."
+    assert "--record-dir" in str(out.exception)
+    out = CliRunner().invoke(app, [*base, "--pool", "a", "--record", "most"], env=env)
+    assert "'all', 'failures' or a number" in str(out.exception)
+    assert r.zcard(keys.jobs()) == 0  # nothing submitted
+    monkeypatch.chdir(tmp_path)
+    args = [*base, "--pool", "a", "--pool", "b", "--record", "failures", "--video", "1"]
+    out = CliRunner().invoke(app, [*args, "--record-dir", "rec"], env=env)
+    assert out.exit_code == 0, out.output
+    specs = [jobs.get_job(r, keys, j).spec for j in json.loads(out.stdout)["job_ids"]]
+    assert [s.record_dir for s in specs] == [str(tmp_path / "rec" / p) for p in "ab"]
+    assert {(s.record, s.video) for s in specs} == {("failures", 1)}
+    out = CliRunner().invoke(app, [*base, "--pool", "a", "--record", "3",
+                                   "--record-dir", "memory://bucket/rec"], env=env)  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert jobs.get_job(r, keys, json.loads(out.stdout)["job_id"]).spec.record_dir == (
+        "memory://bucket/rec"
+    )
+
+
+def test_an_episode_exists_only_once_committed_on_any_fsspec_filesystem() -> None:
+    """What a kill -9 can leave (a temporary file, frames without their marker) is never
+    read; writing the episode again commits it once. On fsspec's memory filesystem."""
+    from arena_eval.broker.episode import EpisodeResult
+    from arena_eval.broker.spec import FieldSpec
+    from arena_eval.sim_worker.recording import EpisodeWriter, Trajectory
+
+    url = f"memory://rec-{os.getpid()}"
+    spec = JobSpec(task=TASK, pool="p", episodes=4, record="all", record_dir=url)
+    writer = EpisodeWriter(spec, "job", {"state": FieldSpec("float64", (39,))}, 4)
+    rng = np.random.default_rng(0)
+
+    def episode(index: int, n: int) -> tuple[Trajectory, EpisodeResult]:
+        traj = Trajectory(
+            index, {"state": rng.normal(size=(n, 39))}, rng.normal(size=(n, 4)).astype("f4"),
+            np.ones(n, "f4"), np.arange(n) == n - 1, np.zeros(n, bool),
+        )  # fmt: skip
+        return traj, EpisodeResult(index=index, length=n, seed=index, return_=float(n), task=TASK)
+
+    writer.write(*episode(0, 5), "reach")
+    store = dataset.DatasetStore(url)
+    store.write_atomic(dataset.data_path(1), b"frames of an episode killed before its marker")
+    with store.fs.open(store.path("meta/episodes/.tmp-dead-episode_000002.json"), "wb") as fh:
+        fh.write(b'{"torn')
+    ds = dataset.read_dataset(url)
+    assert [e["episode_index"] for e in ds.episodes] == [0] and ds.num_frames == 5
+    writer.write(*episode(1, 7), "reach")  # the re-run replaces the leftover
+    writer.write(*episode(1, 7), "reach")  # and a second commit does not duplicate it
+    ds = dataset.read_dataset(url)
+    assert [e["length"] for e in ds.episodes] == [5, 7]
+    assert ds.frames["action"].shape == (12, 4)
+    assert np.array_equal(ds.frames["episode_index"], [0] * 5 + [1] * 7)
+    info = dataset.finalize(url)
+    assert (info["total_episodes"], info["total_frames"]) == (2, 12)
+    assert json.loads(store.read_bytes(dataset.INFO_PATH)) == info
