@@ -195,6 +195,8 @@ class Session:
             for e in envs:
                 self._steps[e] = self._steps.get(e, 0) + 1
             self.requests += 1
+            self.core.count_request()
+            self.last_seen = time.monotonic()
             return actions, client.last_infos
 
     def pool_spec(self) -> PolicySpec:
@@ -247,6 +249,7 @@ class GatewayCore:
         self._beat: threading.Thread | None = None
         self.started = time.time()
         self.errors = 0
+        self.requests = 0
 
     # -- the pool ------------------------------------------------------------------
     def spec(self, timeout_s: float | None = None) -> PolicySpec:
@@ -303,9 +306,10 @@ class GatewayCore:
                 dropped.append(key)
         return dropped
 
-    def has_session(self, key: str) -> bool:
+    def count_request(self) -> None:
+        """One more answered request (the total survives forgotten sessions)."""
         with self._lock:
-            return key in self._sessions
+            self.requests += 1
 
     def drop(self, key: str) -> None:
         """Forget a client: close its requester (its reply stream is deleted)."""
@@ -331,7 +335,7 @@ class GatewayCore:
         return {
             "protocol": self.config.protocol, "pool": self.config.pool,
             "address": self.config.address, "host": socket.gethostname(), "pid": os.getpid(),
-            "sessions": len(sessions), "requests": sum(s.requests for s in sessions),
+            "sessions": len(sessions), "requests": self.requests,
             "errors": self.errors, "started": self.started, "state": "serving",
         }  # fmt: skip
 
