@@ -136,6 +136,12 @@ def test_req_and_dealer_clients_run_metaworld_through_the_gateway(
         pools = cli_json(settings, "pools")
         (mw,) = pools["pools"]
         assert [g["address"] for g in mw["gateways"]] == [address]
+        for command, needle in (("workers", "gateways"), ("pools", "gateway zmq on")):
+            text = subprocess.run(
+                [sys.executable, "-m", "arena_eval.cli", command], cwd=REPO,
+                env=child_env(settings, COLUMNS="200"), capture_output=True, text=True, timeout=60,
+            ).stdout  # fmt: skip
+            assert needle in text and address in text, text
 
         # errors: each gets one error reply and the gateway keeps serving
         bad = PeerClient(address, kind="req", token="wrong-token")
