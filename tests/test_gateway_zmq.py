@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any
@@ -285,27 +286,30 @@ def test_kill_9_of_the_only_worker_is_a_delay_for_gateway_clients(
 def test_up_starts_a_gateway_in_front_of_its_pool(
     settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
-    port = free_port()
+    port, ws_port = free_port(), free_port()
     env = child_env(settings, ARENA_HOME=str(tmp_path / "home"))
     up = subprocess.Popen(
         [sys.executable, "-m", "arena_eval.cli", "up", "--sim-workers", "0", "--pool", "upgw",
          "--policy", "metaworld-expert", "--policy-arg", "task=reach-v3",
-         "--gateway", f"zmq:{port}"],
+         "--gateway", f"zmq:{port}", "--gateway", f"openpi:{ws_port}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        wait_until(lambda: live_gateways(r, keys, "upgw"), 90, "the stack's gateway", [up])
+        wait_until(lambda: len(live_gateways(r, keys, "upgw")) == 2, 90, "the gateways", [up])
         client = PeerClient(f"tcp://127.0.0.1:{port}", kind="req")
         reply = client.call("get_action", observation={"state": np.zeros((3, 39))})
         assert reply[0]["action"].shape == (3, 1, 4), reply
         client.close()
-        (record,) = cli_json(settings, "workers")["gateways"]
-        assert record["address"] == f"tcp://0.0.0.0:{port}" and record["pool"] == "upgw"
+        records = {g["protocol"]: g for g in cli_json(settings, "workers")["gateways"]}
+        assert records["zmq"]["address"] == f"tcp://0.0.0.0:{port}"
+        assert records["zmq"]["pool"] == records["openpi"]["pool"] == "upgw"
+        health = urllib.request.urlopen(f"http://127.0.0.1:{ws_port}/healthz", timeout=10)
+        assert health.status == 200
     finally:
         up.send_signal(signal.SIGINT)
         output = up.communicate(timeout=60)[0].decode(errors="replace")
     assert up.returncode == 0, output
-    assert f"gateway-zmq-{port}" in output
+    assert f"gateway-zmq-{port}" in output and f"gateway-openpi-{ws_port}" in output
     assert live_gateways(r, keys) == []  # it deregistered on the way out
 
 
