@@ -73,8 +73,11 @@ def test_bc_from_recorded_expert_episodes_succeeds_on_held_out_seeds(
         )  # fmt: skip
         assert demos["episodes_done"] == 50
         summary = _train(data, ckpt, "--chunk", "4", "--epochs", "100")
-        assert summary["episodes"] == 50 and summary["spec"]["action_shape"] == [4, 4]
-        assert summary["final_loss"] < 0.05
+        spec = summary["spec"]
+        assert summary["episodes"] == 50 and spec["action_shape"] == [4, 4]
+        assert spec["tasks"] == [TASK]
+        assert spec["observations"] == {"state": {"dtype": "float64", "shape": [39]}}
+        assert summary["final_loss"] < 0.05 and Path(summary["loss_svg"]).is_file()
         _serve(p, r, keys, "bc", "--policy", "torch", "--policy-arg", f"path={ckpt}",
                "--policy-arg", "device=cpu", "--policy-arg", "threads=1")  # fmt: skip
         final = _submit(
