@@ -107,6 +107,12 @@ def _check_dataset(
     info = json.loads((root / dataset.INFO_PATH).read_text())  # consolidated at completion
     assert info["total_episodes"] == episodes and info["total_frames"] == ds.num_frames
     assert info["features"]["action"]["shape"] == [4]
+    state = info["features"]["observation.state"]
+    assert (state["dtype"], state["source_dtype"], state["obs_key"]) == (
+        "float32",
+        "float64",
+        "state",
+    )
     tasks = [json.loads(line) for line in (root / dataset.TASKS_PATH).read_text().splitlines()]
     assert [t["task"] for t in tasks] == [TASK]
     lines = (root / dataset.EPISODES_PATH).read_text().splitlines()

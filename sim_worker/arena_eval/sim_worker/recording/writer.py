@@ -64,7 +64,7 @@ class EpisodeWriter:
             image = key in self.images
             self.features[ds.feature_name(key, image=image)] = {
                 "dtype": ds.IMAGE_DTYPE if image else "float32",
-                "shape": list(f.shape), "obs_key": key,
+                "shape": list(f.shape), "obs_key": key, "source_dtype": f.dtype,
             }  # fmt: skip
         self.features[ds.ACTION] = {"dtype": "float32", "shape": [action_dim]}
         for name, dtype in ((ds.REWARD, "float32"), (ds.DONE, "bool"), (ds.SUCCESS, "bool"),
