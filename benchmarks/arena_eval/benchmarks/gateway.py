@@ -303,7 +303,7 @@ def run_gateway_bench(
     args = _Args(seconds, latency_ms, action_shape, payload)
     out: dict[str, Any] = {
         "latency_ms": latency_ms, "seconds": seconds, "payload": payload,
-        "action_shape": action_shape, "families": {}, "notes": [],
+        "action_shape": action_shape, "max_wait_ms": max_wait_ms, "families": {}, "notes": [],
     }  # fmt: skip
     say = progress or (lambda _text: None)
     for family in families:
@@ -341,7 +341,8 @@ def run_gateway_bench(
 def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"fixed-cost model {result['latency_ms']:g} ms, chunk {result['action_shape']}, payload "
-        f"{result['payload']}, {result['seconds']:g} s per point",
+        f"{result['payload']}, pool max wait {result['max_wait_ms']:g} ms, "
+        f"{result['seconds']:g} s per point",
         f"{'family':<7} {'N':>2} {'gateway steps/s':>16} {'peer steps/s':>13} {'ratio':>6} "
         f"{'gw p50 ms':>10} {'peer p50 ms':>12} {'added p50':>10}",
     ]
@@ -374,10 +375,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--payload", choices=("small", "libero"), default="small")
+    parser.add_argument("--max-wait-ms", type=float, default=1.0)
     ns = parser.parse_args(argv)
     result = run_gateway_bench(
         clients=[int(c) for c in ns.clients.split(",")], families=ns.family or FAMILIES,
         latency_ms=ns.latency_ms, seconds=ns.seconds, payload=ns.payload,
+        max_wait_ms=ns.max_wait_ms,
         progress=lambda text: print(text, file=sys.stderr),
     )  # fmt: skip
     print(format_table(result))

@@ -86,6 +86,9 @@ def gateway_cmd(
     payload: str = typer.Option(
         "small", "--payload", help="small (state + prompt) | libero (+ two 224x224 cameras)."
     ),
+    max_wait_ms: float = typer.Option(
+        1.0, "--max-wait-ms", help="The pool's batching window (policy serve --max-wait-ms)."
+    ),
     json_out: bool = JSON_OPTION,
     redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
@@ -108,13 +111,13 @@ def gateway_cmd(
     with console.status("measuring...", spinner="dots") if not json_out else nullcontext() as bar:
         result = run_gateway_bench(
             clients=counts, families=family or FAMILIES, latency_ms=latency_ms, seconds=seconds,
-            payload=payload, settings=settings_for(redis_url),
+            payload=payload, max_wait_ms=max_wait_ms, settings=settings_for(redis_url),
             progress=(lambda text: bar.update(f"measuring {text}")) if bar else None,
         )  # fmt: skip
     if json_out:
         print_json(result)
     else:
-        console.print(format_table(result), highlight=False, markup=False)
+        console.print(format_table(result), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("policy")
@@ -150,4 +153,4 @@ def policy_rows_cmd(
     if json_out:
         print_json(result)
     else:
-        console.print(format_table(result), highlight=False, markup=False, soft_wrap=True)
+        console.print(format_table(result), highlight=False, markup=False)
