@@ -7,8 +7,10 @@ each client in its own session into a pool, so N clients' requests meet in
 one forward pass. With a model whose forward pass costs the same at any small
 batch (``FixedLatencyPolicy``, the regime of a GPU model), the peers'
 aggregate stays at one request per forward pass while the gateway's grows
-with N; at N = 1 the figure that matters is what the gateway's extra hops
-(gateway -> Redis -> worker and back) add to the p50 round trip.
+with N (the pool's batching window, ``--max-wait-ms``, closes as soon as every
+active client is in, so it costs nothing at N = 1). At N = 1 the figure that
+matters is what the gateway's extra hops (gateway -> Redis -> worker and
+back) add to the p50 round trip.
 
 Two families, measured side by side in one run, each client a process of its
 own stepping as fast as answers come (steps = requests x chunk length):
@@ -290,7 +292,7 @@ class _Args:
 def run_gateway_bench(
     *, clients: Sequence[int] = (1, 4, 8), families: Sequence[str] = FAMILIES,
     latency_ms: float = 10.0, seconds: float = 5.0, payload: str = "small",
-    action_shape: str = "10x7", max_wait_ms: float = 1.0, settings: RedisSettings | None = None,
+    action_shape: str = "10x7", max_wait_ms: float = 5.0, settings: RedisSettings | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Aggregate steps/s and p50 for each family, path (gateway, peer) and client count."""
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--payload", choices=("small", "libero"), default="small")
-    parser.add_argument("--max-wait-ms", type=float, default=1.0)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
     ns = parser.parse_args(argv)
     result = run_gateway_bench(
         clients=[int(c) for c in ns.clients.split(",")], families=ns.family or FAMILIES,

@@ -87,7 +87,7 @@ def gateway_cmd(
         "small", "--payload", help="small (state + prompt) | libero (+ two 224x224 cameras)."
     ),
     max_wait_ms: float = typer.Option(
-        1.0, "--max-wait-ms", help="The pool's batching window (policy serve --max-wait-ms)."
+        5.0, "--max-wait-ms", help="Pool batching window; closes early once every client is in."
     ),
     json_out: bool = JSON_OPTION,
     redis_url: str | None = REDIS_URL_OPTION,
