@@ -90,7 +90,14 @@ _register_subcommands()
 
 
 #: The docker/users.acl role each command needs; every other command needs ``admin``.
-ROLE_FOR_COMMAND = {("policy", "serve"): "policy", ("sim", "serve"): "sim"}
+#: Commands a worker role may run; anything else needs ``admin``. A gateway is a sim-side
+#: process: the ``sim`` role covers every key it touches (docker/ACL.md).
+ROLE_FOR_COMMAND = {
+    ("policy", "serve"): "policy",
+    ("sim", "serve"): "sim",
+    ("gateway", "zmq"): "sim",
+    ("gateway", "openpi"): "sim",
+}
 
 
 def required_role(argv: list[str]) -> tuple[str, str]:

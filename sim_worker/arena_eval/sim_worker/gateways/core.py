@@ -171,6 +171,8 @@ class Session:
         #: ``set_task_description`` text: every row's instruction when set.
         self.instruction = ""
         self.requests = 0
+        #: The last request's timing split (queue, decode, infer, encode, round trip), in ms.
+        self.last_timing: dict[str, float] = {}
         self.last_seen = time.monotonic()
         self._client: PolicyClient | None = None
         self._epoch: dict[int, int] = {}
@@ -192,6 +194,7 @@ class Session:
                 obs, ids, steps=steps, starts=[s == 0 for s in steps],
                 tasks=self.core.config.task, instructions=text,
             )  # fmt: skip
+            self.last_timing = dict(client.last_timing)  # the pool's own split, for replies
             for e in envs:
                 self._steps[e] = self._steps.get(e, 0) + 1
             self.requests += 1
