@@ -320,3 +320,32 @@ def test_an_episode_exists_only_once_committed_on_any_fsspec_filesystem() -> Non
     info = dataset.finalize(url)
     assert (info["total_episodes"], info["total_frames"]) == (2, 12)
     assert json.loads(store.read_bytes(dataset.INFO_PATH)) == info
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("needs_metaworld")
+def test_a_suite_records_the_first_n_of_each_task_under_the_jobs_indices(
+    settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
+) -> None:
+    tasks = (TASK, "metaworld/door-open-v3")
+    root = tmp_path / "suite"
+    with procs(settings, tmp_path) as p:
+        start_pool(p, "multi", "--policy", "metaworld-expert")  # serves every Meta-World task
+        start_sims(p, 1, "--num-envs", "2")
+        wait_ready(r, keys, p, sims=1, pool_name="multi")
+        job_id = submit(
+            settings, "--task", tasks[0], "--task", tasks[1], "--pool", "multi", "--episodes", "3",
+            "--max-steps", "40", "--record", "2", "--record-dir", str(root),
+        )  # fmt: skip
+        assert wait_terminal(r, keys, job_id, p).state is JobState.COMPLETED
+    stored = {e.index: e for e in results.read_results(r, keys, job_id)}
+    ds = dataset.read_dataset(str(root))
+    assert [e["episode_index"] for e in ds.episodes] == [0, 1, 3, 4]  # task k's i: 3k + i, i < 2
+    assert [e["task"] for e in ds.episodes] == [tasks[0]] * 2 + [tasks[1]] * 2
+    assert [e["task_episode"] for e in ds.episodes] == [0, 1, 0, 1]
+    assert [e["length"] for e in ds.episodes] == [stored[i].length for i in (0, 1, 3, 4)]
+    assert ds.tasks == {0: tasks[0], 1: tasks[1]}
+    lengths = [e["length"] for e in ds.episodes]
+    expected = np.repeat([0, 0, 1, 1], lengths)
+    assert np.array_equal(ds.frames["task_index"], expected)
+    assert {e["instruction"] for e in ds.episodes} == {instruction_for(t) for t in tasks}

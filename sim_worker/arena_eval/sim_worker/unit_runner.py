@@ -243,7 +243,10 @@ def _writer(job: Job, spec: JobSpec, env: VectorEnv) -> EpisodeWriter | None:
     """The unit's episode writer when the job records (ConfigError: it cannot)."""
     if not spec.recording:
         return None
-    writer = EpisodeWriter(spec, job.job_id, env.observation_spec(), env.action_dim())
+    # the whole job's spec: episode indices and task positions are the job's, not the unit's
+    writer = EpisodeWriter(
+        job.spec, job.job_id, env.observation_spec(), env.action_dim(), task=spec.task
+    )
     if spec.video > 0 and not writer.images:
         raise ConfigError(
             f"--video needs camera frames but task {spec.task!r} observes no image; submit "

@@ -42,8 +42,16 @@ class EpisodeWriter:
     """Writes the recorded episodes of one job's unit (one task) under ``spec.record_dir``."""
 
     def __init__(
-        self, spec: JobSpec, job_id: str, obs_spec: dict[str, FieldSpec], action_dim: int
+        self,
+        spec: JobSpec,
+        job_id: str,
+        obs_spec: dict[str, FieldSpec],
+        action_dim: int,
+        *,
+        task: str | None = None,
     ) -> None:
+        """``spec`` is the whole job's (global episode indices, task positions); ``task`` is
+        the unit's task (its frame rate), ``spec.task`` if not given."""
         if not spec.record_dir:
             raise ConfigError("this job records nothing (no record_dir)")
         try:
@@ -57,7 +65,7 @@ class EpisodeWriter:
         self._pa, self._pq = pa, pq
         self.spec, self.job_id = spec, job_id
         self.store = ds.DatasetStore(spec.record_dir)
-        self.fps = fps_for(spec.task)
+        self.fps = fps_for(task or spec.task)
         self.images = [k for k, f in obs_spec.items() if ds.is_image(f.shape, f.dtype)]
         self.features: dict[str, dict[str, Any]] = {}
         for key, f in obs_spec.items():
