@@ -277,6 +277,12 @@ def test_submit_flags_resolve_the_record_dir_and_say_what_is_missing(
     specs = [jobs.get_job(r, keys, j).spec for j in json.loads(out.stdout)["job_ids"]]
     assert [s.record_dir for s in specs] == [str(tmp_path / "rec" / p) for p in "ab"]
     assert {(s.record, s.video) for s in specs} == {("failures", 1)}
+    human = CliRunner().invoke(app, ["status", json.loads(out.stdout)["job_ids"][0]], env=env)
+    assert human.exit_code == 0, human.output
+    assert "recording  record failures, video 1 per task ->" in human.stdout
+    assert str(tmp_path / "rec" / "a") in "".join(
+        line.strip() for line in human.stdout.splitlines()
+    )
     out = CliRunner().invoke(app, [*base, "--pool", "a", "--record", "3",
                                    "--record-dir", "memory://bucket/rec"], env=env)  # fmt: skip
     assert out.exit_code == 0, out.output

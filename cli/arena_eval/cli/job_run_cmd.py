@@ -257,7 +257,7 @@ def _print_status(s: dict[str, Any]) -> None:
 def _status_view(s: dict[str, Any]) -> Group:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", justify="right")
-    grid.add_column()
+    grid.add_column(overflow="fold")  # a long path (--record-dir) wraps, never cut short
     state = s["state"] + (f" ({s['reason']})" if s["reason"] else "")
     spec = s["spec"]
     ms = "{:.2f}"
@@ -282,6 +282,8 @@ def _status_view(s: dict[str, Any]) -> Group:
         ("created", f"{when(s['created'])}  started {when(s['started'])}  "
                     f"finished {when(s['finished'])}"),
     ]  # fmt: skip
+    if spec.get("record_dir"):
+        rows.append(("recording", _recording_label(spec)))
     for name, value in rows:
         grid.add_row(name, esc(value))
     if s["hint"]:
@@ -289,6 +291,14 @@ def _status_view(s: dict[str, Any]) -> Group:
     if not s.get("tasks"):
         return Group(grid)
     return Group(grid, "", task_table(s["tasks"]), suite_line(s["suite"], spec.get("suite")))
+
+
+def _recording_label(spec: dict[str, Any]) -> str:
+    """What the job records and where (``docs/recording.md``)."""
+    what = [f"record {spec['record']}"] if spec.get("record") else []
+    if spec.get("video"):
+        what.append(f"video {spec['video']} per task")
+    return f"{', '.join(what)} -> {spec['record_dir']}"
 
 
 def _task_label(spec: dict[str, Any]) -> str:
