@@ -188,6 +188,14 @@ def test_video_of_the_first_episodes_per_task_has_one_frame_per_step(
             "--max-steps", "25", "--video", "2", "--record-dir", str(root),
         )  # fmt: skip
         assert wait_terminal(r, keys, job_id, p).state is JobState.COMPLETED
+        (tmp_path / "a-file").write_text("not a directory")
+        unwritable = submit(
+            settings, "--task", "pusht/pixels", "--pool", "pusht", "--episodes", "1",
+            "--max-steps", "5", "--record", "all", "--record-dir", str(tmp_path / "a-file" / "rec"),
+        )  # fmt: skip
+        failed = wait_terminal(r, keys, unwritable, p)
+    assert failed.state is JobState.FAILED
+    assert "cannot record episode 0 into" in failed.reason and "--record-dir" in failed.reason
     ds = dataset.read_dataset(str(root), images=True)
     assert [e["episode_index"] for e in ds.episodes] == [0, 1]  # --video 2: only those two
     assert ds.frames["observation.images.pixels"].shape == (ds.num_frames, 96, 96, 3)
@@ -323,6 +331,8 @@ def test_an_episode_exists_only_once_committed_on_any_fsspec_filesystem() -> Non
     assert [e["length"] for e in ds.episodes] == [5, 7]
     assert ds.frames["action"].shape == (12, 4)
     assert np.array_equal(ds.frames["episode_index"], [0] * 5 + [1] * 7)
+    with pytest.raises(ConfigError, match="cannot open recording location 'nosuchfs://x'"):
+        dataset.DatasetStore("nosuchfs://x")
     info = dataset.finalize(url)
     assert (info["total_episodes"], info["total_frames"]) == (2, 12)
     assert json.loads(store.read_bytes(dataset.INFO_PATH)) == info

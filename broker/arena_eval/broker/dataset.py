@@ -102,7 +102,10 @@ class DatasetStore:
                 "recordings need the [record] extra: pip install 'arena-eval[record]'"
             ) from None
         self.url = url
-        self.fs, self.root = fsspec.core.url_to_fs(url)
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:  # e.g. s3:// without s3fs installed
+            raise ConfigError(f"cannot open recording location {url!r}: {exc}") from None
 
     @property
     def is_local(self) -> bool:

@@ -61,6 +61,10 @@ log = logging.getLogger("arena_eval.sim_worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, BrokerUnavailable, ConnectionError)
 
 
+class RecordingFailed(Exception):
+    """An episode could not be written to the job's recording (the job fails, saying so)."""
+
+
 class UnitRunner:
     """Runs units for one worker; keeps its env and pool clients between units."""
 
@@ -142,6 +146,8 @@ class UnitRunner:
                 continue
             except (SpecMismatch, RemotePolicyError) as exc:
                 return self._fail(job, f"pool {job.spec.pool!r}: {_describe(exc)}")
+            except RecordingFailed as exc:
+                return self._fail(job, str(exc))
             except REDIS_DOWN:
                 raise
             except Exception as exc:
@@ -183,8 +189,16 @@ class UnitRunner:
         def record(episodes: list[tuple[EpisodeResult, Trajectory]]) -> None:
             assert writer is not None
             for res, traj in episodes:
-                if job.spec.records(job.spec.locate(res.index)[2], res.success):
+                if not job.spec.records(job.spec.locate(res.index)[2], res.success):
+                    continue
+                try:
                     writer.write(traj, res, instruction)
+                except (OSError, ConfigError) as exc:
+                    raise RecordingFailed(
+                        f"cannot record episode {res.index} into {job.spec.record_dir!r}: "
+                        f"{_describe(exc)}; give --record-dir a location every sim worker "
+                        "can write"
+                    ) from exc
 
         def sink(episodes: list[EpisodeResult], stats: RolloutStats) -> None:
             rows = [
