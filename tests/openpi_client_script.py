@@ -1,15 +1,18 @@
 """Drive an openpi gateway with the real, unmodified openpi-client (run in the openpi venv).
 
-``python openpi_client_script.py PORT SEED STEPS PROMPT`` prints one JSON
+``python openpi_client_script.py PORT SEED STEPS PROMPT START_AT`` prints one JSON
 line: the server metadata, the action of every step (through
 ``ActionChunkBroker``), the reply keys of a direct ``infer``, and what
 ``/healthz`` and ``/readyz`` answered. Observations are LIBERO-shaped and a
-function of (seed, step), so the test recomputes the expected actions. It
+function of (seed, step), so the test recomputes the expected actions. Every
+client connects, then waits for the wall-clock START_AT, so several clients'
+requests overlap however slowly their processes start. It
 imports nothing of arena-eval: it is what an openpi user runs.
 """
 
 import json
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -37,6 +40,7 @@ def http_get(port: int, path: str) -> list:
 def main() -> None:
     port, seed, steps, prompt = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     policy = websocket_client_policy.WebsocketClientPolicy(host="127.0.0.1", port=port)
+    time.sleep(max(0.0, float(sys.argv[5]) - time.time()))
     metadata = policy.get_server_metadata()
     horizon = metadata["action_horizon"]
     broker = action_chunk_broker.ActionChunkBroker(policy, action_horizon=horizon)

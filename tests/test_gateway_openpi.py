@@ -18,6 +18,7 @@ import json
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -160,9 +161,11 @@ def test_real_openpi_clients_through_gateway(
         assert _get(port, "/readyz")[0] == 503, "ready before any policy worker serves the pool"
         with ThreadWorker(settings, latency_ms=40.0):
             wait_until(lambda: _get(port, "/readyz")[0] == 200, 20, "/readyz", [gateway])
+            start_at = str(time.time() + 3.0)  # every client connected by then, even on a busy CI
+            argv = [str(venv.python), str(SCRIPT), str(port)]
             runs = [
                 subprocess.Popen(
-                    [str(venv.python), str(SCRIPT), str(port), str(i), str(steps), prompts[i]],
+                    [*argv, str(i), str(steps), prompts[i], start_at],
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
