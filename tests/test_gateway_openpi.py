@@ -195,6 +195,7 @@ def test_real_openpi_clients_through_gateway(
         assert result["direct_shape"] == [HORIZON, 7] and result["direct_dtype"] == "float32"
         assert set(result["server_timing"]) == {"infer_ms", "prev_total_ms"}
         assert result["policy_timing"]["infer_ms"] >= 40.0 * 0.9  # the pool's forward pass
+        assert result["server_timing"]["infer_ms"] >= result["policy_timing"]["infer_ms"]
         assert result["healthz"] == [200, "OK\n"]
         assert result["readyz"][0] == 200
     # four clients at once, a 40 ms forward pass: their rows met in shared batches

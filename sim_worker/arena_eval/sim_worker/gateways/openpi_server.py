@@ -187,10 +187,13 @@ class OpenpiGateway:
             functools.partial(session.infer, row.obs, instructions=row.instruction)
         )
         infer_ms = (time.perf_counter() - t0) * 1e3
-        timing = getattr(session, "last_timing", None) or {}
+        timing = session.last_timing  # the pool's split: its forward pass and batch size
         reply: dict[str, Any] = dict(infos[0]) if infos else {}
         reply["actions"] = np.asarray(actions[0])
-        reply["policy_timing"] = {"infer_ms": float(timing.get("infer_ms", infer_ms))}
+        reply["policy_timing"] = {
+            "infer_ms": float(timing.get("infer_ms", infer_ms)),
+            "batch_rows": int(timing.get("batch_rows", 1)),
+        }
         reply["server_timing"] = {"infer_ms": infer_ms}
         if prev_total_ms is not None:
             reply["server_timing"]["prev_total_ms"] = prev_total_ms
