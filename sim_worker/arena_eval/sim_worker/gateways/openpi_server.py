@@ -31,7 +31,7 @@ import signal
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,8 @@ log = logging.getLogger("arena_eval.gateway.openpi")
 #: Largest request frame accepted: four 512x512x3 cameras fit many times over (openpi#1043).
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 _CLOSE_REASON = "Internal server error. Traceback included in previous frame."
+#: Called once the gateway listens (its ``port`` is then known).
+OnReady = Callable[["OpenpiGateway"], None]
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,13 @@ class OpenpiGateway:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------------
-    def run(self, on_ready: Any = None) -> None:
+    def run(self, on_ready: OnReady | None = None) -> None:
         """Serve until SIGTERM/SIGINT (blocking); ``on_ready(gateway)`` once listening."""
         asyncio.run(self.serve(on_ready, install_signals=True))
 
-    async def serve(self, on_ready: Any = None, *, install_signals: bool = False) -> None:
+    async def serve(
+        self, on_ready: OnReady | None = None, *, install_signals: bool = False
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         if install_signals:
