@@ -431,3 +431,30 @@ def test_idle_sessions_are_forgotten(settings: RedisSettings, r: redis.Redis, ke
         core.stop()
         worker.stop()
         worker_thread.join(10)
+
+
+def test_gateway_outlives_an_outage_longer_than_its_retry_budget(own_server) -> None:  # type: ignore[no-untyped-def]
+    """Redis down for longer than redis-py's own retries cover: the heartbeat thread keeps
+    trying with backoff and the gateway is listed again once Redis is back (a thread that let
+    the error escape would leave the gateway serving but unlisted for ever)."""
+    from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore
+
+    settings = RedisSettings(url=own_server.url, prefix="gwdown:", retry_budget_s=0.3)
+    keys = Keys(settings.prefix)
+    core = GatewayCore(GatewayConfig(pool="p", protocol="zmq", address="-", redis=settings))
+    core.start()
+    r = redis.Redis.from_url(own_server.url)
+    try:
+        wait_until(lambda: live_gateways(r, keys, "p"), 10, "the gateway's first record")
+        own_server.stop()
+        time.sleep(3.0)  # ten times the retry budget
+        own_server.start()
+        back = time.time()
+        r = redis.Redis.from_url(own_server.url)
+
+        def beating_again() -> bool:
+            return any(float(g.data["heartbeat"]) > back for g in live_gateways(r, keys, "p"))
+
+        wait_until(beating_again, 20, "the gateway's heartbeat after the outage")
+    finally:
+        core.stop()
