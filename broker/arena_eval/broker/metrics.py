@@ -37,6 +37,9 @@ MIN_LATENCY_MS = 1e-3
 HIST_PREFIX = "h:"
 #: Field-name prefix of per-request timing sums in a job's stats hash.
 SUM_PREFIX = "sum:"
+#: Milliseconds spent in the simulator (env steps and resets), summed per job by the
+#: rollout: with ``sum:round_trip_ms`` it splits a job's time between sim and policy.
+SIM_MS_FIELD = f"{SUM_PREFIX}sim_ms"
 #: Reply timings (``PolicyClient.last_timing``) summed per job; means are sum / requests.
 TIMING_FIELDS = ("queue_ms", "decode_ms", "infer_ms", "encode_ms", "round_trip_ms", "batch_rows")
 

@@ -32,14 +32,13 @@ from arena_eval.broker.job_view import read_job_view
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import (
     BUCKETS_PER_OCTAVE,
+    SIM_MS_FIELD,
     SUM_PREFIX,
     LatencyHistogram,
     summarize_stats,
 )
 from arena_eval.broker.results import checked_stats, read_stats
 
-#: Stats field the sim workers add their env step/reset time to (milliseconds), if they do.
-SIM_MS_FIELD = f"{SUM_PREFIX}sim_ms"
 #: The parts of one request's round trip, as ``time_split`` names them, in drawing order.
 SPLIT_PARTS = ("infer", "decode", "encode", "queue", "transport")
 

@@ -35,7 +35,7 @@ import numpy as np
 from arena_eval.broker.dataset import is_image
 from arena_eval.broker.episode import EpisodeResult, finite
 from arena_eval.broker.jobs import JobSpec
-from arena_eval.broker.metrics import SUM_PREFIX, TIMING_FIELDS, LatencyHistogram
+from arena_eval.broker.metrics import SIM_MS_FIELD, SUM_PREFIX, TIMING_FIELDS, LatencyHistogram
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
 from arena_eval.sim_worker.chunking import ChunkedPolicy
 from arena_eval.sim_worker.envs.base import VectorEnv
@@ -96,11 +96,6 @@ def filmed_only(env: VectorEnv, spec: PolicySpec, job: JobSpec) -> frozenset[str
     )  # fmt: skip
 
 
-#: Milliseconds spent in the simulator (env steps and resets), summed per job: with
-#: ``sum:round_trip_ms`` it splits a job's time between sim and policy (``arena-eval report``).
-SIM_MS_SUM = f"{SUM_PREFIX}sim_ms"
-
-
 @dataclass
 class RolloutStats:
     """Work done since the last flush: counters, timing sums, latency histogram."""
@@ -122,7 +117,7 @@ class RolloutStats:
             self.hist.add(float(timing["round_trip_ms"]))
 
     def add_sim(self, seconds: float) -> None:
-        self.sums[SIM_MS_SUM] = self.sums.get(SIM_MS_SUM, 0.0) + seconds * 1e3
+        self.sums[SIM_MS_FIELD] = self.sums.get(SIM_MS_FIELD, 0.0) + seconds * 1e3
 
     def counters(self) -> dict[str, int]:
         return {"steps": self.steps, "requests": self.requests, "rows": self.rows,
