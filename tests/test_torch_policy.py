@@ -36,6 +36,8 @@ from arena_eval.policy_worker.registry import load_policy
 H, A, STATE = 4, 3, 6
 FORMATS = ("torchscript", "export", "state_dict")
 SUFFIX = {"torchscript": ".ts", "export": ".pt2", "state_dict": ".pt"}
+#: The state dicts here name this module's classes, which a worker imports only when allowed.
+ALLOW = {"allow_model": "tests.test_torch_policy:TinyPolicyNet,tests.test_torch_policy:InPlaceNet"}
 SPEC = PolicySpec(
     name="tiny-mlp",
     version="7",
@@ -128,7 +130,7 @@ def torch_warn_always() -> Iterator[None]:
 def test_formats_round_trip(fmt: str, model: TinyPolicyNet, checkpoints: dict[str, Path]) -> None:
     path = checkpoints[fmt]
     assert detect_format(path) == fmt
-    policy = load_policy("torch", {"path": str(path)})
+    policy = load_policy("torch", {"path": str(path), **ALLOW})
     assert isinstance(policy, TorchPolicy)
     assert policy.checkpoint_format == fmt
     assert policy.device == torch.device("cpu")  # device=auto on a machine without CUDA
@@ -147,7 +149,7 @@ def test_formats_round_trip(fmt: str, model: TinyPolicyNet, checkpoints: dict[st
 def test_readonly_inputs_without_warnings(
     fmt: str, model: TinyPolicyNet, checkpoints: dict[str, Path], torch_warn_always: None
 ) -> None:
-    policy = load_policy("torch", {"path": str(checkpoints[fmt]), "device": "auto"})
+    policy = load_policy("torch", {"path": str(checkpoints[fmt]), "device": "auto", **ALLOW})
     batch = _batch(3, seed=11)
     frozen = _readonly(batch)
     out = policy.infer(Batch.of(frozen))
@@ -182,7 +184,7 @@ def test_copy_inputs_protects_readonly_buffers(model: TinyPolicyNet, tmp_path: P
     net = InPlaceNet()
     net.load_state_dict(model.state_dict())
     path = save_state_dict_checkpoint(tmp_path / "inplace.pt", net, SPEC)
-    policy = load_policy("torch", {"path": str(path), "copy_inputs": "1"})
+    policy = load_policy("torch", {"path": str(path), "copy_inputs": "1", **ALLOW})
     batch = _batch(2, seed=4)
     frozen = _readonly(batch)
     before = frozen["state"].copy()
@@ -280,16 +282,18 @@ def test_missing_and_malformed_checkpoints(
 
     wrong_class = tweak("wrong_class.pt", model="tests.test_torch_policy:NoSuchNet")
     with pytest.raises(ConfigError, match="has no attribute 'NoSuchNet'"):
-        load_policy("torch", {"path": str(wrong_class)})
+        load_policy(
+            "torch", {"path": str(wrong_class), "allow_model": "tests.test_torch_policy:NoSuchNet"}
+        )
     wrong_shape = tweak("wrong_shape.pt", model_kwargs={"hidden": 8})
     with pytest.raises(ConfigError, match="state dict does not fit"):
-        load_policy("torch", {"path": str(wrong_shape)})
+        load_policy("torch", {"path": str(wrong_shape), **ALLOW})
     bad_spec = tweak("bad_spec.pt", spec={"name": "x"})
     with pytest.raises(ConfigError, match="malformed policy spec"):
-        load_policy("torch", {"path": str(bad_spec)})
+        load_policy("torch", {"path": str(bad_spec), **ALLOW})
     no_spec = tweak("no_spec.pt", spec=None)
     with pytest.raises(ConfigError, match="carries no policy spec"):
-        load_policy("torch", {"path": str(no_spec)})
+        load_policy("torch", {"path": str(no_spec), **ALLOW})
 
     truncated = tmp_path / "truncated.pt2"
     truncated.write_bytes(checkpoints["export"].read_bytes()[:2000])
@@ -343,7 +347,7 @@ def test_device_summary() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cuda_pinned_path(fmt: str, model: TinyPolicyNet, checkpoints: dict[str, Path]) -> None:
-    policy = load_policy("torch", {"path": str(checkpoints[fmt]), "device": "cuda"})
+    policy = load_policy("torch", {"path": str(checkpoints[fmt]), "device": "cuda", **ALLOW})
     assert isinstance(policy, TorchPolicy)
     assert policy.device.type == "cuda"
     staging = policy._staging
@@ -366,7 +370,7 @@ def test_cuda_pinned_path(fmt: str, model: TinyPolicyNet, checkpoints: dict[str,
     np.testing.assert_allclose(out3, _direct(model, big), rtol=1e-4, atol=1e-5)
     assert staging.buffers["in:state"].numel() >= 16 * STATE
     half = load_policy(
-        "torch", {"path": str(checkpoints[fmt]), "device": "cuda:0", "dtype": "bf16"}
+        "torch", {"path": str(checkpoints[fmt]), "device": "cuda:0", "dtype": "bf16", **ALLOW}
     )
     np.testing.assert_allclose(half.infer(Batch.of(big)), out3, atol=0.1)
     policy.close()

@@ -21,6 +21,15 @@ package's, not the file writer's. That is also why ``model_kwargs`` must be
 plain data, and why ``save_state_dict_checkpoint`` refuses classes a worker
 could not import (``__main__``, classes defined inside functions).
 
+Why an allowlist of model classes: ``weights_only`` alone is not enough. The
+file names what to import and call, so a file naming ``os:system`` with
+``model_kwargs={"command": ...}`` would run a shell command at load. A state
+dict may therefore only name arena-eval's own models (``TRUSTED_MODELS``) or
+classes the operator allows by name (``allow_models``, the policy's
+``allow_model=`` argument); nothing else is imported at all (importing a module
+runs its code), and an allowed name must still be a ``torch.nn.Module``
+subclass before it is called.
+
 Checkpoint conventions
 ----------------------
 Model call: ``model(obs: dict[str, Tensor]) -> Tensor`` of shape ``(B, H, A)``.
@@ -31,7 +40,9 @@ device. The output is cast to the spec's ``action_dtype``.
 * state dict: ``torch.save({"format": "arena-eval/state_dict-v1",
   "model": "package.module:Class", "model_kwargs": {...}, "state_dict":
   module.state_dict(), "spec": PolicySpec.to_dict()}, path)``. Loading imports
-  ``Class``, calls ``Class(**model_kwargs)`` and ``load_state_dict(strict=True)``.
+  ``Class`` (only if trusted or allowed, see above), checks that it is a
+  ``torch.nn.Module`` subclass, calls ``Class(**model_kwargs)`` and
+  ``load_state_dict(strict=True)``.
   ``model_kwargs`` must be plain data (str/int/float/bool/None/list/tuple/dict).
   Written by ``save_state_dict_checkpoint``.
 * TorchScript: the spec JSON is the extra file ``arena_spec.json``
@@ -51,9 +62,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import re
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +88,11 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "SPEC_FILE",
     "STATE_DICT_FORMAT",
+    "TRUSTED_MODELS",
     "ModelFn",
     "detect_format",
     "load_model",
+    "parse_allowed_models",
     "save_checkpoint",
     "save_exported",
     "save_state_dict_checkpoint",
@@ -100,6 +114,10 @@ _FORMAT_ALIASES = {
     "state_dict": "state_dict",
     "state-dict": "state_dict",
 }
+#: Model classes a state-dict checkpoint may name without the operator allowing them:
+#: the ones arena-eval's own writers put there (``training.export``).
+TRUSTED_MODELS: frozenset[str] = frozenset({"arena_eval.policy_worker.training.models:BCPolicyNet"})
+_TARGET_SYNTAX = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _CHECKPOINT_KINDS = "a TorchScript archive, a torch.export .pt2 archive or an arena-eval state dict"
 
 #: What ``load_model`` returns: call it with the observation tensors (see the conventions).
@@ -125,6 +143,43 @@ def torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
 
 
 # -- reading checkpoints ---------------------------------------------------------------
+def parse_allowed_models(value: str | Iterable[str] | None) -> frozenset[str]:
+    """``'pkg.mod:Class,other.mod:Net'`` (or an iterable of such names) -> a set of names."""
+    if value is None:
+        return frozenset()
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = frozenset(item.strip() for item in items if item.strip())
+    for name in sorted(names):
+        if not _TARGET_SYNTAX.fullmatch(name):
+            raise ConfigError(
+                f"allow_model: {name!r} is not a 'package.module:Class' name; pass the "
+                "exact import path of the torch.nn.Module class (several: comma-separated)"
+            )
+    return names
+
+
+def _trusted_model_class(target: str, allowed: frozenset[str], where: str) -> type[torch.nn.Module]:
+    """Import ``target`` only if it is trusted or allowed, and only if it is an nn.Module class."""
+    if target not in TRUSTED_MODELS and target not in allowed:
+        raise ConfigError(
+            f"checkpoint {where} names model class {target!r}, which is neither one of "
+            f"arena-eval's own models ({', '.join(sorted(TRUSTED_MODELS))}) nor allowed: a "
+            "state-dict checkpoint runs the constructor it names, so only trusted classes are "
+            "imported. If you trust this file and that class is a torch.nn.Module from a "
+            f"package you installed, pass --policy-arg allow_model={target}; otherwise re-save "
+            "the model as torch.export (.pt2) or TorchScript (.ts)"
+        )
+    cls = import_object(target)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        kind = f"class {cls.__qualname__}" if isinstance(cls, type) else type(cls).__name__
+        raise ConfigError(
+            f"checkpoint {where}: model {target!r} is not a torch.nn.Module subclass (it is "
+            f"{kind}); refused without calling it. Name the model's torch.nn.Module class "
+            "('package.module:Class')"
+        )
+    return cls
+
+
 def detect_format(path: str | Path) -> str:
     """``'torchscript'``, ``'export'`` or ``'state_dict'``, from the archive's contents."""
     path = Path(path)
@@ -197,7 +252,9 @@ def _load_exported(path: Path, device: torch.device) -> tuple[ModelFn, str | Non
     return module, (raw.decode() if isinstance(raw, bytes) else raw)
 
 
-def _load_state_dict(path: Path, device: torch.device) -> tuple[ModelFn, PolicySpec | None]:
+def _load_state_dict(
+    path: Path, device: torch.device, allowed: frozenset[str]
+) -> tuple[ModelFn, PolicySpec | None]:
     where = repr(str(path))
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -225,9 +282,7 @@ def _load_state_dict(path: Path, device: torch.device) -> tuple[ModelFn, PolicyS
         raise ConfigError(f"checkpoint {where}: 'model_kwargs' must be a dict with string keys")
     if not isinstance(state, Mapping):
         raise ConfigError(f"checkpoint {where}: 'state_dict' is missing or not a mapping")
-    cls = import_object(target)
-    if not callable(cls):
-        raise ConfigError(f"checkpoint {where}: model {target!r} is not a class")
+    cls = _trusted_model_class(target, allowed, where)
     try:
         model = cls(**kwargs)
     except TypeError as exc:
@@ -259,8 +314,14 @@ def load_model(
     device: torch.device,
     format: str = "auto",
     spec_path: str | Path | None = None,
+    allow_models: str | Iterable[str] | None = None,
 ) -> tuple[ModelFn, PolicySpec, str]:
-    """Load a checkpoint onto ``device``: returns (callable model, spec, format)."""
+    """Load a checkpoint onto ``device``: returns (callable model, spec, format).
+
+    ``allow_models``: model classes (``'package.module:Class'``) a state-dict
+    checkpoint may name besides ``TRUSTED_MODELS`` (see the module docstring).
+    """
+    allowed = parse_allowed_models(allow_models)
     path = Path(path).expanduser()
     fmt = _FORMAT_ALIASES.get(format.strip().lower())
     if fmt is None:
@@ -282,7 +343,7 @@ def load_model(
         if text and spec_path is None:  # an override wins even over a malformed embedded spec
             embedded = _spec_from_text(text, f"{str(path)!r} ({SPEC_FILE})")
     else:
-        model, embedded = _load_state_dict(path, device)
+        model, embedded = _load_state_dict(path, device, allowed)
 
     if spec_path is not None:
         spec = _load_spec_file(Path(spec_path).expanduser(), "spec_path")

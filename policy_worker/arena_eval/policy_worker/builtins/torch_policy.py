@@ -153,6 +153,10 @@ class TorchPolicy(Policy):
     * ``copy_inputs``: ``0`` (default) wraps CPU inputs zero-copy; ``1`` copies
       read-only ones first, for models that modify their inputs in place
       (against the convention). On CUDA inputs are always copied (pinned staging).
+    * ``allow_model``: model classes (``package.module:Class``, comma-separated)
+      a state-dict checkpoint may name besides arena-eval's own ``BCPolicyNet``;
+      a state dict naming any other class is refused before anything is
+      imported (see ``torch_checkpoint``).
 
     ``infer`` runs under ``torch.inference_mode()``. One instance is used by one
     thread: the pinned staging buffers are reused across calls.
@@ -169,6 +173,10 @@ class TorchPolicy(Policy):
         "warmup": ArgDoc("bool", "Run one all-zero row at load, so a bad model fails at start."),
         "threads": ArgDoc("int >= 1", "torch.set_num_threads for CPU inference."),
         "copy_inputs": ArgDoc("bool", "Copy read-only inputs first, for models that modify them."),
+        "allow_model": ArgDoc(
+            "pkg.mod:Class[,...]",
+            "State dicts only: model classes the file may name besides arena-eval's own.",
+        ),
     }
 
     def __init__(
@@ -181,6 +189,7 @@ class TorchPolicy(Policy):
         warmup: str | bool = True,
         threads: str | int | None = None,
         copy_inputs: str | bool = False,
+        allow_model: str | None = None,
     ) -> None:
         self._device = resolve_device(device)
         key = dtype.strip().lower()
@@ -192,7 +201,7 @@ class TorchPolicy(Policy):
         if threads is not None:
             torch.set_num_threads(parse_int(threads, "threads", minimum=1))
         self._model, self._spec, self._format = load_model(
-            path, device=self._device, format=format, spec_path=spec_path
+            path, device=self._device, format=format, spec_path=spec_path, allow_models=allow_model
         )
         self._path = str(path)
         self._action_dtype = np.dtype(parse_dtype(self._spec.action_dtype, "spec action_dtype"))
