@@ -88,6 +88,13 @@ def test_checkpoint_naming_os_system_runs_nothing(tmp_path: Path) -> None:
         load_policy("torch", {"path": str(evil), "allow_model": "os:system"})
     assert not marker.exists()
 
+    # A malformed name from the file is not echoed back as a command to run.
+    odd = _crafted(tmp_path / "odd.pt", "os:system; echo hi", {"command": command}, {})
+    with pytest.raises(ConfigError, match=r"not a 'package\.module:Class' name") as malformed:
+        load_policy("torch", {"path": str(odd)})
+    assert "allow_model" not in str(malformed.value)
+    assert not marker.exists()
+
     # A class that is not a Module is refused before it is built, too.
     dict_model = _crafted(tmp_path / "dict.pt", "collections:OrderedDict", {}, {})
     with pytest.raises(

@@ -161,6 +161,11 @@ def parse_allowed_models(value: str | Iterable[str] | None) -> frozenset[str]:
 def _trusted_model_class(target: str, allowed: frozenset[str], where: str) -> type[torch.nn.Module]:
     """Import ``target`` only if it is trusted or allowed, and only if it is an nn.Module class."""
     if target not in TRUSTED_MODELS and target not in allowed:
+        if not _TARGET_SYNTAX.fullmatch(target):  # never echo a malformed name as advice
+            raise ConfigError(
+                f"checkpoint {where} names model {target!r}, which is not a "
+                "'package.module:Class' name; re-save it with save_checkpoint"
+            )
         raise ConfigError(
             f"checkpoint {where} names model class {target!r}, which is neither one of "
             f"arena-eval's own models ({', '.join(sorted(TRUSTED_MODELS))}) nor allowed: a "
