@@ -8,6 +8,7 @@ the gateway, and Meta-World for the episode.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +29,14 @@ import msgpack
 import numpy as np
 import pytest
 import redis
+import zmq
 
 from arena_eval.broker.fleet import live_gateways, live_sim_workers
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers
 from arena_eval.broker.settings import RedisSettings
 from tests.worker_procs import REPO, Procs, child_env, procs, wait_until
-from tests.zmq_peer_clients import DIM, PeerClient, echo_actions
+from tests.zmq_peer_clients import DIM, PeerClient, echo_actions, pack, unpack
 
 TOKEN_ENV = "ARENA_TEST_GATEWAY_TOKEN"
 TOKEN = "s3cret-gateway-token"
@@ -397,40 +400,120 @@ def test_tokens_come_from_env_or_file_and_compare_exactly(
         assert not token_ok(TOKEN, wrong)
 
 
-def test_idle_sessions_are_forgotten(settings: RedisSettings, r: redis.Redis, keys: Keys) -> None:
+@contextlib.contextmanager
+def in_process_gateway(
+    settings: RedisSettings,
+    pool: str,
+    *,
+    token: str | None = None,
+    latency_ms: float = 0,
+    **config: Any,
+) -> Iterator[tuple[Any, Any, Any]]:
+    """(core, gateway, policy): a SlowEcho worker and a ZMQ gateway on threads, real Redis."""
     from arena_eval.policy_worker.server import PolicyWorker
     from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore
     from arena_eval.sim_worker.gateways.zmq_gateway import ZmqGateway
     from tests.zmq_peer_clients import SlowEchoPolicy
 
-    worker = PolicyWorker("idle", SlowEchoPolicy(latency_ms=0), settings, max_wait_ms=1.0)
+    policy = SlowEchoPolicy(latency_ms=latency_ms)
+    worker = PolicyWorker(pool, policy, settings, max_wait_ms=1.0)
     worker_thread = threading.Thread(target=worker.run, daemon=True)
     worker_thread.start()
-    config = GatewayConfig(pool="idle", protocol="zmq", address="-", redis=settings,
-                           idle_timeout_s=0.5)  # fmt: skip
-    core = GatewayCore(config)
-    gateway = ZmqGateway(core, "tcp://127.0.0.1:0", None)
+    core = GatewayCore(
+        GatewayConfig(pool=pool, protocol="zmq", address="-", redis=settings, **config)
+    )
+    gateway = ZmqGateway(core, "tcp://127.0.0.1:0", token)
     core.start()
     serving = threading.Thread(target=gateway.serve, daemon=True)
     serving.start()
-    client = PeerClient(gateway.address, kind="req")
     try:
-        x = np.zeros((1, DIM), np.float32)
-        client.call("get_action", observation={"x": x})
-        assert core.status()["sessions"] == 1
-        replies = set(r.scan_iter(f"{settings.prefix}client:*"))
-        assert replies  # the session's reply stream
-        wait_until(lambda: core.status()["sessions"] == 0, 10, "the idle session to go")
-        wait_until(lambda: not set(r.scan_iter(f"{settings.prefix}client:*")), 5, "its stream")
-        again = client.call("get_action", observation={"x": x + 1})  # a new session
-        np.testing.assert_array_equal(again[0]["action"], echo_actions(x + 1))
+        yield core, gateway, policy
     finally:
-        client.close()
         gateway.stop()
         serving.join(10)
         core.stop()
         worker.stop()
         worker_thread.join(10)
+    assert not serving.is_alive()
+
+
+def test_idle_clients_lose_their_stream_but_keep_their_session(
+    settings: RedisSettings, r: redis.Redis, keys: Keys
+) -> None:
+    """After the idle timeout the reply stream goes, but the client's state stays: an Arena
+    client still gets Arena's reply shape and its task description (it used to come back as
+    a GR00T client with no instruction)."""
+    with in_process_gateway(settings, "idle", idle_timeout_s=0.5) as (core, gateway, policy):
+        client = PeerClient(gateway.address, kind="req")
+        arena = PeerClient(gateway.address, kind="dealer")
+        try:
+            x = np.zeros((1, DIM), np.float32)
+            client.call("get_action", observation={"x": x})
+            assert arena.call("get_init_info", requested_action_mode="chunk")["action_dim"] == DIM
+            arena.call("set_task_description", task_description="stack the cubes")
+            arena.call("get_action", observation={"x": x})
+            assert core.status()["sessions"] == 2
+            assert set(r.scan_iter(f"{settings.prefix}client:*"))  # the sessions' reply streams
+            wait_until(lambda: not set(r.scan_iter(f"{settings.prefix}client:*")), 10,
+                       "the idle sessions' streams to go")  # fmt: skip
+            assert core.status()["sessions"] == 2  # the sessions themselves stay
+            again = client.call("get_action", observation={"x": x + 1})  # a new stream
+            np.testing.assert_array_equal(again[0]["action"], echo_actions(x + 1))
+            reply = arena.call("get_action", observation={"x": x + 2})
+            assert isinstance(reply, dict) and set(reply) == {"action"}, reply
+            np.testing.assert_array_equal(reply["action"], echo_actions(x + 2))
+            assert policy.last_instructions == ["stack the cubes"]
+            assert arena.call("disconnect") == {"status": "disconnected"}
+            wait_until(lambda: core.status()["sessions"] == 1, 5, "disconnect to forget it")
+        finally:
+            client.close()
+            arena.close()
+
+
+def test_flooding_clients_are_bounded(settings: RedisSettings) -> None:
+    """An oversized message drops its connection unread; a tokenless request's arrays are
+    never loaded; a second request pipelined by one identity is refused as busy."""
+    limit = 64 * 1024
+    with in_process_gateway(
+        settings, "flood", token=TOKEN, latency_ms=300, max_message_bytes=limit
+    ) as (_core, gateway, _):
+        big = PeerClient(gateway.address, kind="dealer", token=TOKEN, timeout_ms=1500)
+        ok = PeerClient(gateway.address, kind="req", token=TOKEN)
+        anon = PeerClient(gateway.address, kind="req")
+        pipe = PeerClient(gateway.address, kind="dealer", token=TOKEN)
+        try:
+            # over the limit: no reply at all (without MAXMSGSIZE: a "not msgpack" error)
+            big.sock.send_multipart([b"", b"\xc1" * (limit + 1)])
+            with pytest.raises(zmq.Again):
+                big.sock.recv_multipart()
+            assert ok.call("ping")["status"] == "ok"  # the gateway keeps serving
+
+            # no token and an invalid .npy: refused by the token check, never decoded
+            garbage = {"__ndarray_class__": True, "as_npy": b"not an npy file" * 1000}
+            reply = anon.send_raw(msgpack.packb(
+                {"endpoint": "get_action", "data": {"observation": {"x": garbage}}},
+                use_bin_type=True,
+            ))  # fmt: skip
+            assert reply["source"] == "auth", reply
+
+            # two requests pipelined by one DEALER: the second is refused, the first answered
+            x = np.ones((1, DIM), np.float32)
+            first = pack("get_action", {"observation": {"x": x}}, TOKEN)
+            second = pack("get_action", {"observation": {"x": x + 1}}, TOKEN)
+            pipe.sock.send_multipart([b"", first])
+            pipe.sock.send_multipart([b"", second])
+            replies = [unpack(pipe.sock.recv_multipart()[-1]) for _ in range(2)]
+            errors = [rep for rep in replies if isinstance(rep, dict) and "error" in rep]
+            answers = [rep for rep in replies if isinstance(rep, list)]
+            assert len(errors) == 1 and errors[0]["source"] == "busy", replies
+            assert len(answers) == 1, replies
+            np.testing.assert_array_equal(answers[0][0]["action"], echo_actions(x))
+            # once answered, the same identity is served again
+            again = pipe.call("get_action", observation={"x": x + 2})
+            np.testing.assert_array_equal(again[0]["action"], echo_actions(x + 2))
+        finally:
+            for c in (big, ok, anon, pipe):
+                c.close()
 
 
 def test_gateway_outlives_an_outage_longer_than_its_retry_budget(own_server) -> None:  # type: ignore[no-untyped-def]

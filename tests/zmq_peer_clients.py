@@ -94,6 +94,7 @@ class SlowEchoPolicy(Policy):
 
     def __init__(self, latency_ms: str | float = "10") -> None:
         self.latency_s = float(latency_ms) / 1000.0
+        self.last_instructions: list[str] = []
 
     def spec(self) -> PolicySpec:
         return PolicySpec(
@@ -104,4 +105,5 @@ class SlowEchoPolicy(Policy):
 
     def infer(self, batch: Batch) -> np.ndarray:
         time.sleep(self.latency_s)
+        self.last_instructions = list(batch.instructions)  # what the gateway sent per row
         return echo_actions(batch.obs["x"])

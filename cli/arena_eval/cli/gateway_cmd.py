@@ -49,7 +49,13 @@ def zmq_cmd(
         _DEFAULTS.idle_timeout_s,
         "--idle-timeout",
         min=0.1,
-        help="Forget a client silent this many seconds.",
+        help="Close the pool stream of a client silent this many seconds (its session stays).",
+    ),
+    max_message_bytes: int = typer.Option(
+        _DEFAULTS.max_message_bytes,
+        "--max-message-bytes",
+        min=1024,
+        help="Largest request accepted; a bigger one drops its connection unread.",
     ),
     gateway_id: str | None = typer.Option(
         None,
@@ -75,7 +81,7 @@ def zmq_cmd(
     config = GatewayConfig(
         pool=pool, protocol="zmq", address=bind, timeout_s=timeout, task=task,
         max_in_flight=max_in_flight, idle_timeout_s=idle_timeout, gateway_id=gateway_id,
-        redis=settings,
+        max_message_bytes=max_message_bytes, redis=settings,
     )  # fmt: skip
     core = GatewayCore(config)
 

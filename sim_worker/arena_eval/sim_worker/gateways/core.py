@@ -140,9 +140,17 @@ class GatewayConfig:
     max_in_flight: int = 64
     #: Every row's task (a pool serving several tasks needs it); "" for none.
     task: str = ""
-    #: A client silent this long is forgotten (its requester and reply stream closed),
-    #: as Arena v2's server drops idle clients; a returning client gets a new session.
+    #: A client silent this long has its requester and reply stream closed (as Arena v2's
+    #: server drops idle clients); its session (family, task description, episodes) is kept,
+    #: and its next request opens a new requester.
     idle_timeout_s: float = 600.0
+    #: A client silent this long is forgotten altogether (ZeroMQ never says a peer left,
+    #: so this bounds the sessions a gateway keeps); ``disconnect`` / a closed websocket
+    #: forget it at once.
+    forget_after_s: float = 86400.0
+    #: The largest ZeroMQ message accepted; a bigger one drops its connection unread
+    #: (openpi's servers use the same 64 MiB bound).
+    max_message_bytes: int = 64 * 1024 * 1024
     #: Name in ``arena-eval workers``; None: ``gw-<protocol>-host-pid-random``.
     gateway_id: str | None = None
     #: Redis to work on; None: ``RedisSettings.from_env()``.
@@ -153,6 +161,15 @@ class GatewayConfig:
             raise ConfigError(f"timeout must be > 0 s, got {self.timeout_s}")
         if self.idle_timeout_s <= 0:
             raise ConfigError(f"idle timeout must be > 0 s, got {self.idle_timeout_s}")
+        if self.forget_after_s < self.idle_timeout_s:
+            raise ConfigError(
+                f"forget_after_s ({self.forget_after_s}) must be >= the idle timeout "
+                f"({self.idle_timeout_s})"
+            )
+        if self.max_message_bytes < 1024:
+            raise ConfigError(
+                f"max message size must be >= 1024 bytes, got {self.max_message_bytes}"
+            )
         if self.max_in_flight < 1:
             raise ConfigError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 
@@ -227,6 +244,23 @@ class Session:
             self._client = client
         return self._client
 
+    def close_if_idle(self, cutoff: float) -> bool:
+        """Close the requester (not the session) when silent since ``cutoff`` and not busy.
+
+        The session's state stays: a client whose connection is still open keeps its
+        family, task description and episodes; ``_requester`` opens a new one on demand.
+        """
+        if not self.lock.acquire(blocking=False):
+            return False  # a call in flight: not idle
+        try:
+            if self._client is None or self.last_seen >= cutoff:
+                return False
+            self._client.close()
+            self._client = None
+            return True
+        finally:
+            self.lock.release()
+
     def close(self) -> None:
         with self.lock:
             if self._client is not None:
@@ -296,18 +330,17 @@ class GatewayCore:
             return found
 
     def drop_idle(self) -> list[str]:
-        """Forget sessions silent for ``idle_timeout_s`` (not one with a call in flight)."""
-        cutoff = time.monotonic() - self.config.idle_timeout_s
+        """Close the requesters of sessions silent for ``idle_timeout_s``; forget the ones
+        silent for ``forget_after_s``. Returns the keys whose requester was closed."""
+        now = time.monotonic()
         with self._lock:
-            idle = [k for k, s in self._sessions.items() if s.last_seen < cutoff]
-        dropped = []
-        for key in idle:
-            session = self._sessions.get(key)
-            if session is not None and session.lock.acquire(blocking=False):
-                session.lock.release()
+            sessions = list(self._sessions.items())
+        closed = [k for k, s in sessions if s.close_if_idle(now - self.config.idle_timeout_s)]
+        forget_cutoff = now - self.config.forget_after_s
+        for key, session in sessions:
+            if session.last_seen < forget_cutoff and not session.lock.locked():
                 self.drop(key)
-                dropped.append(key)
-        return dropped
+        return closed
 
     def count_request(self) -> None:
         """One more answered request (the total survives forgotten sessions)."""

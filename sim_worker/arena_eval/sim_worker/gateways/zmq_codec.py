@@ -8,6 +8,10 @@ old ``TorchSerializer`` forks send) is refused with an error that says so,
 never unpickled. Arena's byte blobs ``{"__blob_class__", "mime",
 "as_bytes"}`` are kept as ``Blob``; one carrying ``.npy`` bytes is an array.
 Replies use the same encoding; numpy scalars become plain numbers.
+
+Why two steps (``decode_envelope``, then ``decode_data``): the envelope is
+unpacked with plain msgpack so the gateway checks ``api_token`` before any
+array is loaded: a client without the token never gets numpy to parse its bytes.
 """
 
 from __future__ import annotations
@@ -85,14 +89,15 @@ def _decode_hook(obj: dict[Any, Any]) -> Any:
     return obj
 
 
-def decode(payload: bytes) -> dict[str, Any]:
-    """One request map; GatewayError (source ``pickle`` or ``request_decode``) otherwise."""
+def decode_envelope(payload: bytes) -> dict[str, Any]:
+    """The request map, arrays still as their raw marked maps (nothing loaded yet).
+
+    GatewayError (source ``pickle`` or ``request_decode``) when it is not one msgpack map.
+    """
     if looks_pickled(payload):
         raise _pickle_error("the message")
     try:
-        msg = msgpack.unpackb(payload, object_hook=_decode_hook, raw=False, strict_map_key=False)
-    except GatewayError:
-        raise
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:
         raise GatewayError(
             f"malformed message: not msgpack ({type(exc).__name__}: {exc})",
@@ -103,6 +108,21 @@ def decode(payload: bytes) -> dict[str, Any]:
             f"malformed message: expected a map with 'endpoint', got {type(msg).__name__}",
             source="request_decode",
         )
+    return msg
+
+
+def decode_data(obj: Any) -> Any:
+    """``obj`` with its marked maps turned into arrays and blobs (innermost first)."""
+    if isinstance(obj, dict):
+        return _decode_hook({k: decode_data(v) for k, v in obj.items()})
+    if isinstance(obj, list):
+        return [decode_data(v) for v in obj]
+    return obj
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    """One request map with its arrays loaded (``decode_envelope`` then ``decode_data``)."""
+    msg: dict[str, Any] = decode_data(decode_envelope(payload))
     return msg
 
 

@@ -12,6 +12,14 @@ sessions' requests -- that is where cross-client batching comes from. A
 finished reply is queued and the socket thread is woken through an inproc
 socket to send it (ZeroMQ sockets belong to one thread).
 
+Bounds against a client that floods: a message over ``max_message_bytes``
+(``zmq.MAXMSGSIZE``) drops its connection before it is read; arrays are
+loaded only after the token check; and an identity has at most one request
+pending -- a second one sent before the first is answered gets an error reply
+with source ``busy`` at once, instead of a thread of the pool waiting on its
+session (the peers' clients wait for each answer, so only a misbehaving one
+sees it).
+
 Endpoints: ``ping``, ``get_init_info`` (Arena's handshake: the client is then
 of the Arena family, whose ``get_action`` reply is ``{"action": chunk}``;
 without it a client is GR00T's, whose reply is ``[{"action": chunk}, info]``),
@@ -85,7 +93,7 @@ class ZmqEndpoints:
             return zmq_codec.encode(error_reply(GatewayError(str(exc), source="reply_encode")))
 
     def _dispatch(self, key: str, payload: bytes) -> Any:
-        msg = zmq_codec.decode(payload)
+        msg = zmq_codec.decode_envelope(payload)  # no array is loaded before the token check
         if not token_ok(self._token, msg.get("api_token")):
             raise GatewayError("Unauthorized: Invalid API token", source="auth")
         endpoint = msg.get("endpoint")
@@ -95,7 +103,7 @@ class ZmqEndpoints:
                 f"unknown endpoint {endpoint!r}; this gateway serves {sorted(self._handlers)}",
                 source="endpoint",
             )
-        data = msg.get("data") or {}
+        data = zmq_codec.decode_data(msg.get("data") or {})
         if not isinstance(data, dict):
             raise GatewayError(
                 f"malformed message: 'data' must be a map, not {type(data).__name__}",
@@ -239,12 +247,16 @@ class ZmqGateway:
         self.bind = bind
         self.endpoints = ZmqEndpoints(core, token)
         self._replies: queue.SimpleQueue[list[bytes]] = queue.SimpleQueue()
+        #: Identities with a request in the pool (touched by the socket thread only).
+        self._pending: set[bytes] = set()
         self._wake_lock = threading.Lock()
+        self._closed = False  # under _wake_lock: _push is closed, _post sends nothing
         self._stop = threading.Event()
         self._ctx = zmq.Context()
         self._wake_addr = f"inproc://gateway-wake-{uuid.uuid4().hex}"
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
+        self._router.setsockopt(zmq.MAXMSGSIZE, core.config.max_message_bytes)
         try:
             self._router.bind(bind)
         except zmq.ZMQError as exc:
@@ -280,6 +292,9 @@ class ZmqGateway:
                 if self._pull in ready:
                     self._send_replies()
         finally:
+            with self._wake_lock:  # no executor thread is inside _push.send now or later
+                self._closed = True
+                self._push.close(linger=0)
             self._ctx.destroy(linger=0)
 
     def _read_requests(self) -> None:
@@ -301,6 +316,16 @@ class ZmqGateway:
                 )
                 self._router.send_multipart([*envelope, zmq_codec.encode(error_reply(bad))])
                 continue
+            if identity in self._pending:
+                busy = GatewayError(
+                    "busy: this client already has a request pending; wait for its reply "
+                    "before sending the next",
+                    source="busy",
+                )
+                self.core.errors += 1
+                self._router.send_multipart([*envelope, zmq_codec.encode(error_reply(busy))])
+                continue
+            self._pending.add(identity)
             future = self.core.submit(self.endpoints.handle, identity.hex(), payload)
             future.add_done_callback(functools.partial(self._post, envelope))
 
@@ -310,8 +335,9 @@ class ZmqGateway:
         except BaseException as exc:  # cancelled at shutdown, or a bug: still answer
             reply = zmq_codec.encode(error_reply(exc))
         self._replies.put([*envelope, reply])
-        with self._wake_lock, contextlib.suppress(zmq.ZMQError):  # closed at shutdown
-            self._push.send(b"", zmq.NOBLOCK)
+        with self._wake_lock, contextlib.suppress(zmq.ZMQError):  # the pipe is full: woken
+            if not self._closed:
+                self._push.send(b"", zmq.NOBLOCK)
 
     def _send_replies(self) -> None:
         while True:
@@ -324,6 +350,7 @@ class ZmqGateway:
                 frames = self._replies.get_nowait()
             except queue.Empty:
                 return
+            self._pending.discard(frames[0])
             try:
                 self._router.send_multipart(frames, zmq.NOBLOCK)
             except zmq.ZMQError as exc:  # the peer left; its reply has nowhere to go
