@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,18 @@ def feature_name(obs_key: str, *, image: bool) -> str:
     frame ``corner_rgb`` -> ``observation.images.corner_rgb``, ``agent_pos`` ->
     ``observation.agent_pos``."""
     return f"observation.images.{obs_key}" if image else f"observation.{obs_key}"
+
+
+#: A video key as the recorder names it (``feature_name`` of a camera key): one path segment,
+#: so a path built from it stays under its dataset root.
+_VIDEO_KEY = re.compile(r"observation\.images\.[A-Za-z0-9_-]+")
+
+
+def is_video_key(name: object) -> bool:
+    """Whether ``name`` is a camera feature name the layout uses (``observation.images.X``,
+    X letters, digits, ``_`` or ``-``): readers build video paths only from such names, never
+    from a path a marker claims."""
+    return isinstance(name, str) and _VIDEO_KEY.fullmatch(name) is not None
 
 
 def is_image(shape: tuple[int, ...], dtype: Any) -> bool:
@@ -120,6 +133,21 @@ class DatasetStore:
             return None
         data: dict[str, Any] = json.loads(self.read_bytes(rel))
         return data
+
+    def owner(self) -> str | None:
+        """The job id of a committed episode here (the first marker listed), None if none.
+
+        A dataset holds one job's recording: its episode names are that job's indices, so a
+        second job writing into it would replace the first one's episodes."""
+        base = self.path(MARKER_DIR)
+        if not self.fs.exists(base):
+            return None
+        for name in sorted(self.fs.ls(base, detail=False)):
+            leaf = str(name).rsplit("/", 1)[-1]
+            if leaf.startswith("episode_") and leaf.endswith(".json"):
+                job_id = json.loads(self.read_bytes(f"{MARKER_DIR}/{leaf}")).get("job_id")
+                return None if job_id is None else str(job_id)
+        return None
 
     def path(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}"

@@ -104,7 +104,10 @@ def video_data(spec: dict[str, Any], warnings: list[str]) -> list[dict[str, Any]
             marker = store.marker(index)
             if marker is None:
                 continue
-            for camera, rel in sorted(marker.get("videos", {}).items()):
+            for camera in sorted(marker.get("videos") or {}):
+                if not dataset.is_video_key(camera):
+                    continue  # never a path out of the marker: it could point anywhere
+                rel = dataset.video_path(index, camera)
                 path = store.path(rel)
                 url = Path(path).as_uri() if store.is_local else f"{record_dir.rstrip('/')}/{rel}"
                 out.append({

@@ -131,16 +131,20 @@ def videos_html(jobs: Sequence[dict[str, Any]]) -> str:
 
 
 def _video_bytes(path: str | None, budget: int) -> bytes | None:
-    """The local mp4 at ``path`` if it fits in ``budget`` (None: link it instead)."""
-    if not path:
+    """The local mp4 at ``path`` if it fits in ``budget`` (None: link it instead).
+
+    Only an ``.mp4`` file that starts like one (an ISO-BMFF ``ftyp`` box) is embedded: the
+    page may be shared, so nothing else on this machine ends up inside it."""
+    if not path or not path.endswith(".mp4"):
         return None
     try:
         file = Path(path)
         if file.stat().st_size > budget:
             return None
-        return file.read_bytes()
+        data = file.read_bytes()
     except OSError:
         return None
+    return data if data[4:8] == b"ftyp" else None
 
 
 def _header(data: dict[str, Any]) -> str:

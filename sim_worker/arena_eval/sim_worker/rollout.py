@@ -86,9 +86,10 @@ def spec_mismatch(
 
 
 def filmed_only(env: VectorEnv, spec: PolicySpec, job: JobSpec) -> frozenset[str]:
-    """Camera keys a job films (``--video``) but its pool does not take: they are recorded
-    and not sent, so a state policy's episodes can be watched too."""
-    if job.video <= 0 or spec.observations is None:
+    """Camera keys a job records (``--record``/``--video``) but its pool does not take: they
+    are recorded and not sent, so a state policy's episodes can be watched (and a pixel
+    policy trained on them) too."""
+    if not job.recording or spec.observations is None:
         return frozenset()
     return frozenset(
         k for k, f in env.observation_spec().items()

@@ -65,6 +65,7 @@ class EpisodeWriter:
         self._pa, self._pq = pa, pq
         self.spec, self.job_id = spec, job_id
         self.store = ds.DatasetStore(spec.record_dir)
+        self._check_owner(self.store.owner())
         self.fps = fps_for(task or spec.task)
         self.images = [k for k, f in obs_spec.items() if ds.is_image(f.shape, f.dtype)]
         self.features: dict[str, dict[str, Any]] = {}
@@ -80,6 +81,14 @@ class EpisodeWriter:
                             (ds.EPISODE_INDEX, "int64"), (ds.TASK_INDEX, "int64")):  # fmt: skip
             self.features[name] = {"dtype": dtype, "shape": [1]}
 
+    def _check_owner(self, owner: str | None) -> None:
+        """ConfigError if the dataset holds another job's episodes (names would collide)."""
+        if owner is not None and owner != self.job_id:
+            raise ConfigError(
+                f"{self.spec.record_dir!r} already holds job {owner}'s recording; record "
+                "each job into its own directory: submit again with a new --record-dir"
+            )
+
     def wants_video(self, task_episode: int) -> bool:
         return task_episode < self.spec.video and bool(self.images)
 
@@ -87,6 +96,9 @@ class EpisodeWriter:
         """Write the episode (frames, videos, marker last); return its marker."""
         index = int(result.index)
         task_episode = self.spec.locate(index)[2]
+        existing = self.store.marker(index)  # a re-run of our own episode replaces it
+        if existing is not None:
+            self._check_owner(str(existing.get("job_id")))
         self.store.write_atomic(ds.data_path(index), self._parquet(traj, index, result.task))
         videos = {}
         if self.wants_video(task_episode):
