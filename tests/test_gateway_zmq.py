@@ -470,6 +470,25 @@ def test_idle_clients_lose_their_stream_but_keep_their_session(
             arena.close()
 
 
+def test_sessions_silent_past_forget_after_are_forgotten(settings: RedisSettings) -> None:
+    """ZeroMQ never says a peer left: ``forget_after_s`` bounds the sessions kept."""
+    from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore
+
+    core = GatewayCore(GatewayConfig(pool="p", protocol="zmq", address="-", redis=settings,
+                                     idle_timeout_s=0.1, forget_after_s=1.0))  # fmt: skip
+    try:
+        core.session("a")
+        time.sleep(0.6)
+        core.session("b")
+        core.drop_idle()
+        assert core.status()["sessions"] == 2  # idle, not yet forgotten
+        time.sleep(0.6)
+        core.drop_idle()
+        assert core.status()["sessions"] == 1  # "a" silent 1.2 s: forgotten; "b" kept
+    finally:
+        core.stop()
+
+
 def test_flooding_clients_are_bounded(settings: RedisSettings) -> None:
     """An oversized message drops its connection unread; a tokenless request's arrays are
     never loaded; a second request pipelined by one identity is refused as busy."""

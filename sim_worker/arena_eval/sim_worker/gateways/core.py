@@ -146,7 +146,7 @@ class GatewayConfig:
     idle_timeout_s: float = 600.0
     #: A client silent this long is forgotten altogether (ZeroMQ never says a peer left,
     #: so this bounds the sessions a gateway keeps); ``disconnect`` / a closed websocket
-    #: forget it at once.
+    #: forget it at once. Never shorter than ``idle_timeout_s``.
     forget_after_s: float = 86400.0
     #: The largest ZeroMQ message accepted; a bigger one drops its connection unread
     #: (openpi's servers use the same 64 MiB bound).
@@ -161,11 +161,6 @@ class GatewayConfig:
             raise ConfigError(f"timeout must be > 0 s, got {self.timeout_s}")
         if self.idle_timeout_s <= 0:
             raise ConfigError(f"idle timeout must be > 0 s, got {self.idle_timeout_s}")
-        if self.forget_after_s < self.idle_timeout_s:
-            raise ConfigError(
-                f"forget_after_s ({self.forget_after_s}) must be >= the idle timeout "
-                f"({self.idle_timeout_s})"
-            )
         if self.max_message_bytes < 1024:
             raise ConfigError(
                 f"max message size must be >= 1024 bytes, got {self.max_message_bytes}"
@@ -336,7 +331,7 @@ class GatewayCore:
         with self._lock:
             sessions = list(self._sessions.items())
         closed = [k for k, s in sessions if s.close_if_idle(now - self.config.idle_timeout_s)]
-        forget_cutoff = now - self.config.forget_after_s
+        forget_cutoff = now - max(self.config.forget_after_s, self.config.idle_timeout_s)
         for key, session in sessions:
             if session.last_seen < forget_cutoff and not session.lock.locked():
                 self.drop(key)
