@@ -26,6 +26,7 @@ from arena_eval.broker import pool, shm_trust
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app
+from tests.pusht_probe import skip_without_pusht
 from tests.worker_procs import Procs, procs, wait_until
 
 pytest.importorskip("torch")
@@ -106,7 +107,7 @@ def _last_id(r: redis.Redis, stream: str) -> str:
 def test_image_bc_on_pusht_trains_and_evaluates_through_shared_memory(
     settings: RedisSettings, r: redis.Redis, tmp_path: Path
 ) -> None:
-    pytest.importorskip("gym_pusht", reason="PushT needs the [pusht] extra (gym-pusht)")
+    skip_without_pusht()
     pytest.importorskip("PIL", reason="decoding recorded PNG frames needs Pillow")
     keys = Keys(settings.prefix)
     host_stream = keys.pool_host_requests("bc-img", shm_trust.host_id())

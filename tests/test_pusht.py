@@ -35,6 +35,7 @@ from arena_eval.sim_worker.envs.errors import UnknownTask
 from arena_eval.sim_worker.envs.factory import make_env
 from arena_eval.sim_worker.envs.pusht_env import INSTRUCTION
 from arena_eval.sim_worker.envs.suites import instruction_for
+from tests.pusht_probe import skip_without_pusht
 from tests.worker_procs import REPO, procs, wait_until
 
 pytest.importorskip("gym_pusht", reason="PushT needs the [pusht] extra (gym-pusht)")
@@ -44,6 +45,7 @@ FRAME = (96, 96, 3)
 
 
 def test_pixels_observations_actions_and_seeded_resets() -> None:
+    skip_without_pusht()
     with make_env("pusht/pixels", 2, seed=0) as env:
         spec = env.observation_spec()
         assert (spec["pixels"].dtype, spec["pixels"].shape) == ("uint8", FRAME)
@@ -63,6 +65,7 @@ def test_pixels_observations_actions_and_seeded_resets() -> None:
 
 
 def test_task_strings_state_and_sizes() -> None:
+    skip_without_pusht()
     with make_env("pusht/state", 1) as env:
         assert env.observation_spec()["state"].shape == (5,)
     with make_env("pusht/pixels-32", 1, max_steps=3) as env:
@@ -79,6 +82,7 @@ def test_task_strings_state_and_sizes() -> None:
 
 
 def test_heuristic_policy_moves_the_agent_toward_the_block() -> None:
+    skip_without_pusht()
     policy = PushTHeuristicPolicy(obs="pixels")
     with make_env("pusht/pixels", 3, seed=0) as env:
         obs = env.reset([0, 1, 2], [0, 1, 2])
@@ -127,6 +131,7 @@ def _last_id(r: redis.Redis, stream: str) -> str:
 def test_pusht_image_job_runs_through_a_pool_over_shared_memory(
     settings: RedisSettings, r: redis.Redis, tmp_path: Path
 ) -> None:
+    skip_without_pusht()
     keys = Keys(settings.prefix)
     with procs(settings, tmp_path) as p:
         policy = p.cli(
@@ -198,6 +203,7 @@ _RENDER = (
 @pytest.mark.slow
 def test_pusht_frames_need_no_gl_backend() -> None:
     """No OSMesa, no EGL, MUJOCO_GL unset: PushT still draws its frames (pygame, in memory)."""
+    skip_without_pusht()
     out = _hidden_run(r"^lib(OSMesa|EGL)", _RENDER)
     assert out.returncode == 0 and "rendered" in out.stdout, out.stdout + out.stderr[-2000:]
 

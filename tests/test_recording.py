@@ -23,6 +23,7 @@ from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.sim_worker.envs.factory import make_env
 from arena_eval.sim_worker.envs.suites import instruction_for
+from tests.pusht_probe import skip_without_pusht
 from tests.test_jobs import start_pool, start_sims, submit, wait_ready, wait_terminal
 from tests.worker_procs import Procs, procs, wait_until
 
@@ -177,7 +178,7 @@ def test_video_of_the_first_episodes_per_task_has_one_frame_per_step(
     settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
     av = pytest.importorskip("av")
-    pytest.importorskip("gym_pusht")
+    skip_without_pusht()
     root = tmp_path / "rec"
     with procs(settings, tmp_path) as p:
         start_pool(p, "pusht", "--policy", "pusht-heuristic")

@@ -18,6 +18,7 @@ from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import FieldSpec
 from arena_eval.sim_worker.recording import EpisodeWriter, Trajectory
+from tests.pusht_probe import skip_without_pusht
 from tests.test_jobs import start_pool, start_sims, submit, wait_ready, wait_terminal
 from tests.worker_procs import procs
 
@@ -101,7 +102,7 @@ def test_the_report_builds_video_paths_from_the_layout_never_from_a_marker(
 def test_a_state_pool_records_the_frames_it_is_not_sent_and_a_second_job_into_it_fails(
     settings: RedisSettings, r: redis.Redis, keys: Keys, tmp_path: Path
 ) -> None:
-    pytest.importorskip("gym_pusht")
+    skip_without_pusht()
     root = tmp_path / "rec"
     args = ("--task", "pusht/pixels", "--pool", "pusht", "--max-steps", "8",
             "--record", "all", "--record-dir", str(root))  # fmt: skip
