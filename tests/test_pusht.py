@@ -216,3 +216,32 @@ def test_pusht_without_libgl_says_what_to_install() -> None:
     assert out.returncode == 3, out.stdout + out.stderr[-2000:]
     assert out.stdout.startswith("MissingSimDependency"), out.stdout
     assert "apt-get install libgl1" in out.stdout and "opencv-python-headless" in out.stdout
+
+
+_AFTER_A_FAILED_IMPORT = (
+    "import sys\n"
+    "before = list(sys.path)\n"
+    "from arena_eval.sim_worker.envs.errors import MissingSimDependency\n"
+    "from arena_eval.sim_worker.envs.pusht_env import _import_pusht\n"
+    "try:\n"
+    "    _import_pusht()\n"
+    "except MissingSimDependency:\n"
+    "    pass\n"
+    "else:\n"
+    "    raise SystemExit('OpenCV imported although libGL is hidden')\n"
+    "assert sys.path == before, [p for p in sys.path if p not in before]\n"
+    "assert not [m for m in sys.modules if m == 'cv2' or m.startswith('cv2.')]\n"
+    "sys.modules.pop('typing')\n"
+    "import typing\n"
+    "assert typing.__file__.endswith('/typing.py') and 'cv2' not in typing.__file__\n"
+    "print('clean')\n"
+)
+
+
+@pytest.mark.slow
+def test_a_failed_opencv_import_leaves_the_process_as_it_was() -> None:
+    """OpenCV's loader puts its folder on sys.path before loading its native module; when that
+    fails, a sim worker that goes on serving other jobs must not find ``cv2/typing`` for
+    ``import typing``."""
+    out = _hidden_run(r"^libGL\.so", _AFTER_A_FAILED_IMPORT)
+    assert out.returncode == 0 and "clean" in out.stdout, out.stdout + out.stderr[-2000:]

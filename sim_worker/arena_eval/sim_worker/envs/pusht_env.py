@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from functools import partial
 from typing import Any
 
@@ -81,18 +82,12 @@ def _import_pusht() -> Any:
     """gym-pusht's env class, or an error that says how to install what is missing."""
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")  # no banner in worker logs
     try:
-        import cv2  # noqa: F401  (gym-pusht imports it; its libGL link is the usual failure)
+        import gym_pusht  # noqa: F401  (the package itself: no OpenCV yet)
     except ModuleNotFoundError as exc:
         raise MissingSimDependency(
             f"PushT tasks need gym-pusht and its dependencies (missing {exc.name!r}): {_INSTALL}"
         ) from exc
-    except ImportError as exc:
-        raise MissingSimDependency(
-            f"PushT cannot import OpenCV ({exc}): gym-pusht's opencv-python links libGL.so.1 "
-            "although PushT opens no GL context. Install the library (apt-get install libgl1) "
-            "or replace OpenCV with its headless build (pip uninstall -y opencv-python "
-            "opencv-python-headless && pip install opencv-python-headless)"
-        ) from exc
+    _import_opencv()
     try:
         from gym_pusht.envs.pusht import PushTEnv
     except ModuleNotFoundError as exc:
@@ -100,6 +95,33 @@ def _import_pusht() -> Any:
             f"PushT tasks need gym-pusht and its dependencies (missing {exc.name!r}): {_INSTALL}"
         ) from exc
     return PushTEnv
+
+
+def _import_opencv() -> None:
+    """Import OpenCV (gym-pusht needs it), undoing what a failed import leaves behind.
+
+    OpenCV's loader puts its own folder on ``sys.path`` before it loads its native module; when
+    that fails (no ``libGL.so.1``) the folder stays, and from then on ``import typing`` in this
+    process finds ``cv2/typing``. A sim worker that reported the error must go on serving other
+    jobs, so ``sys.path`` and the half-imported modules are put back as they were.
+    """
+    saved_path = list(sys.path)
+    try:
+        import cv2  # noqa: F401  (its libGL link is the usual failure)
+    except ModuleNotFoundError as exc:
+        raise MissingSimDependency(
+            f"PushT tasks need gym-pusht and its dependencies (missing {exc.name!r}): {_INSTALL}"
+        ) from exc
+    except ImportError as exc:
+        sys.path[:] = saved_path
+        for name in [m for m in sys.modules if m == "cv2" or m.startswith("cv2.")]:
+            del sys.modules[name]
+        raise MissingSimDependency(
+            f"PushT cannot import OpenCV ({exc}): gym-pusht's opencv-python links libGL.so.1 "
+            "although PushT opens no GL context. Install the library (apt-get install libgl1) "
+            "or replace OpenCV with its headless build (pip uninstall -y opencv-python "
+            "opencv-python-headless && pip install opencv-python-headless)"
+        ) from exc
 
 
 def make_pusht_task(obs_type: str, image_size: int) -> Any:
