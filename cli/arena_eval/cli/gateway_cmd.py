@@ -68,6 +68,9 @@ def zmq_cmd(
 ) -> None:
     """Serve GR00T (REQ), IsaacLab-Arena v1 (REQ) and v2 (DEALER) clients until SIGTERM."""
     from arena_eval.broker.connection import connect, ping
+    from arena_eval.sim_worker.gateways.extras import require
+
+    require("zmq", "ZeroMQ")
     from arena_eval.sim_worker.gateways.core import GatewayCore, load_token
     from arena_eval.sim_worker.gateways.zmq_gateway import run_zmq_gateway
 

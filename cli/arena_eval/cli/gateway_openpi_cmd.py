@@ -46,6 +46,9 @@ def openpi_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
 ) -> None:
     """Serve unmodified openpi websocket clients (openpi-client) from a pool until SIGTERM."""
+    from arena_eval.sim_worker.gateways.extras import require
+
+    require("websockets", "openpi")
     from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore, load_token
     from arena_eval.sim_worker.gateways.openpi_mapping import KeyMap
     from arena_eval.sim_worker.gateways.openpi_server import OpenpiGateway, OpenpiGatewayConfig

@@ -62,8 +62,10 @@ def bc_cmd(
         from arena_eval.policy_worker.training.pipeline import train_from_recording
         from arena_eval.policy_worker.training.trainer import BCConfig
     except ImportError as exc:
+        missing = getattr(exc, "name", None) or "PyTorch"
         raise ConfigError(
-            f"train bc needs PyTorch ({exc}); install it with: pip install 'arena-eval[policy]'"
+            f"train bc needs PyTorch and pyarrow ({missing!r} is not installed): "
+            "pip install 'arena-eval[policy]'"
         ) from None
     config = BCConfig(
         chunk=chunk,
