@@ -8,7 +8,6 @@ in as the file's ``admin`` with the file's own (placeholder) password.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from subprocess import CompletedProcess
 
 import redis
 
-from tests.redis_servers import free_port
+from tests.redis_servers import free_port, stop_server
 from tests.worker_procs import REPO
 
 ACL_FILE = REPO / "docker" / "users.acl"
@@ -103,15 +102,7 @@ class AclServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None
 
 

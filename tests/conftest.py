@@ -71,6 +71,27 @@ def _delete_namespace(client: redis.Redis, prefix: str) -> None:
         client.delete(*batch)
 
 
+@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
+def client(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[redis.Redis]:
+    """``r`` (RESP2), then a client on the same server speaking RESP3: for the code that
+    parses stream replies, whose shapes differ between the two protocols."""
+    if request.param == 2:
+        yield r
+        return
+    kwargs = {**r.connection_pool.connection_kwargs, "protocol": 3}
+    resp3 = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=r.connection_pool.connection_class, **kwargs
+        )
+    )
+    assert resp3.execute_command("HELLO")[b"proto"] == 3
+    try:
+        yield resp3
+    finally:
+        resp3.close()
+        resp3.connection_pool.disconnect()
+
+
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[TestServer]:
     """A private server with AOF on, for tests that restart or kill Redis."""

@@ -38,6 +38,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_server(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM a test redis-server and wait; SIGKILL it if it has not gone in 10 s."""
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 class TestServer:
     """A throwaway redis-server process in ``workdir``."""
 
@@ -83,15 +96,7 @@ class TestServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        stop_server(self.proc)
         self.proc = None
 
     def kill(self) -> None:

@@ -7,7 +7,6 @@ consumer has legally claimed (a plain ``XCLAIM ... JUSTID`` renewal does).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,24 +15,6 @@ from arena_eval.broker.consumer_group import ConsumerGroup
 from arena_eval.broker.keys import Keys
 
 GROUP = "g"
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def client(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[redis.Redis]:
-    if request.param == 2:
-        yield r
-        return
-    kwargs = {**r.connection_pool.connection_kwargs, "protocol": 3}
-    resp3 = redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=r.connection_pool.connection_class, **kwargs
-        )
-    )
-    try:
-        yield resp3
-    finally:
-        resp3.close()
-        resp3.connection_pool.disconnect()
 
 
 @pytest.fixture

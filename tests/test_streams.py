@@ -10,7 +10,6 @@ and RESP3, with a ``raw_client`` and with a plain client.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -20,26 +19,6 @@ from arena_eval.broker.constants import POLICY_GROUP
 from arena_eval.broker.keys import Keys
 
 GROUP = "g"
-
-
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def client(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[redis.Redis]:
-    """The suite's client (RESP2), or one on the same server speaking RESP3."""
-    if request.param == 2:
-        yield r
-        return
-    kwargs = {**r.connection_pool.connection_kwargs, "protocol": 3}
-    resp3 = redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=r.connection_pool.connection_class, **kwargs
-        )
-    )
-    assert resp3.execute_command("HELLO")[b"proto"] == 3
-    try:
-        yield resp3
-    finally:
-        resp3.close()
-        resp3.connection_pool.disconnect()
 
 
 @pytest.fixture(params=["raw", "plain"])

@@ -28,26 +28,6 @@ from arena_eval.broker.protocol import decode_reply
 from arena_eval.broker.wire import Arg, DedicatedConnection, execute_chain
 
 
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def client(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[redis.Redis]:
-    """The suite's client (RESP2), or one on the same server speaking RESP3."""
-    if request.param == 2:
-        yield r
-        return
-    kwargs = {**r.connection_pool.connection_kwargs, "protocol": 3}
-    resp3 = redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=r.connection_pool.connection_class, **kwargs
-        )
-    )
-    assert resp3.execute_command("HELLO")[b"proto"] == 3
-    try:
-        yield resp3
-    finally:
-        resp3.close()
-        resp3.connection_pool.disconnect()
-
-
 @pytest.fixture(params=["raw", "redis-py"])
 def run(request: pytest.FixtureRequest, client: redis.Redis) -> Iterator[Any]:
     """Run commands and return their replies: raw in one write, or one by one via redis-py."""
