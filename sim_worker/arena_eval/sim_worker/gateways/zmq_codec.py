@@ -17,6 +17,7 @@ array is loaded: a client without the token never gets numpy to parse its bytes.
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,10 +55,17 @@ def _pickle_error(where: str) -> GatewayError:
     )
 
 
+#: numpy parses a .npy header with ``ast.literal_eval``, and CPython 3.11-3.12 can fail
+#: ("AST constructor recursion depth mismatch") when two threads do that at once; the gateway
+#: decodes on its worker threads, so loads take turns (a header parse is microseconds).
+_NPY_LOAD = threading.Lock()
+
+
 def load_npy(raw: bytes) -> np.ndarray:
     """An array from np.save bytes, never unpickling."""
     try:
-        arr = np.load(io.BytesIO(raw), allow_pickle=False)
+        with _NPY_LOAD:
+            arr = np.load(io.BytesIO(raw), allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise _pickle_error("an array (dtype object)") from None
