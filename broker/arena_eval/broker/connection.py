@@ -8,6 +8,8 @@ Two choices here are measured, not guessed (see ``docs/architecture.md``):
   The pure-Python packer hands large arguments (and memoryviews) to
   ``sendall`` untouched, so observation bytes go from numpy to the socket
   without an extra copy. Replies are still parsed by hiredis.
+* **Cluster mode from the server.** A URL of any node of a Redis Cluster
+  opens redis-py's cluster client (``cluster.py``): ``INFO cluster`` says so.
 * **Reconnect with backoff.** Every command retries connection errors with
   exponential backoff for ``settings.retry_budget_s``, so a Redis restart is a
   pause, not a crash.
@@ -34,6 +36,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from arena_eval.broker import cluster as cluster_mod
 from arena_eval.broker.errors import BrokerAuthError, BrokerPermissionError, BrokerUnavailable
 from arena_eval.broker.settings import ENV_PASSWORD, ENV_USERNAME, RedisSettings, parse_url
 
@@ -223,8 +226,41 @@ def connect(
         "health_check_interval": 0,
         **kwargs,
     }
+    if "path" not in kwargs and _cluster_mode(url, options):
+        return cluster_mod.open_cluster(options)
     pool = redis.ConnectionPool(**options)
     return redis.Redis(connection_pool=pool)
+
+
+def twin(client: redis.Redis) -> redis.Redis:
+    """A second client on ``client``'s connections, for another thread (a heartbeat).
+
+    A cluster client is thread-safe with its per-node pools: it is its own twin.
+    """
+    if cluster_mod.is_cluster(client):
+        return client
+    return redis.Redis(connection_pool=client.connection_pool)
+
+
+def connection_kwargs(client: redis.Redis) -> dict[str, Any]:
+    """The settings ``client`` connects with (a cluster: those of the node it was opened on)."""
+    if cluster_mod.is_cluster(client):
+        return cluster_mod.default_node_kwargs(client)
+    return dict(client.connection_pool.connection_kwargs)
+
+
+#: Whether the server at a URL runs in cluster mode, asked once per process and URL.
+_CLUSTER_BY_URL: dict[str, bool] = {}
+
+
+def _cluster_mode(url: str, options: dict[str, Any]) -> bool:
+    """Cluster mode is the server's to say (``INFO cluster``), so any node's plain URL works."""
+    known = _CLUSTER_BY_URL.get(url)
+    if known is None:
+        known = cluster_mod.server_is_cluster(options)
+        if known:  # a standalone answer may be an outage: ask again next time
+            _CLUSTER_BY_URL[url] = True
+    return known
 
 
 def ping(

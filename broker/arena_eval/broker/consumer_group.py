@@ -118,7 +118,8 @@ class ConsumerGroup:
         (bounded), so live entries ahead of a dead consumer's cannot hide them.
         """
         if self._raw is None:  # redis-py's XAUTOCLAIM callback loses entries (see streams.py)
-            raw = "XAUTOCLAIM" not in self.client.response_callbacks
+            callbacks = getattr(self.client, "response_callbacks", None)  # None: a cluster
+            raw = callbacks is not None and "XAUTOCLAIM" not in callbacks
             self._raw = self.client if raw else streams_mod.raw_client(self.client)
         return streams_mod.autoclaim_scan(
             self._raw, stream, self.group, self.consumer, min_idle_ms, count

@@ -23,6 +23,7 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker import cluster
 from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import Keys
 
@@ -83,7 +84,7 @@ def _live_records(r: redis.Redis, keys: Keys) -> list[SimWorkerRecord]:
     ids = sorted(as_text(m) for m in r.smembers(keys.sim_workers()))
     if not ids:
         return []
-    raws = r.mget([keys.sim_worker(w) for w in ids])
+    raws = cluster.mget(r, [keys.sim_worker(w) for w in ids])  # untagged: several slots
     out = []
     dead = []
     for wid, raw in zip(ids, raws, strict=True):

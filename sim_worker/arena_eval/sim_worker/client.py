@@ -40,8 +40,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import codec, shm, shm_trust, transport
-from arena_eval.broker.connection import connect
+from arena_eval.broker import codec, shm, shm_trust, telemetry, transport
+from arena_eval.broker.chain import open_chain
+from arena_eval.broker.connection import connect, connection_kwargs
 from arena_eval.broker.constants import F_DATA, F_SHM, KIND_ERROR
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.keys import Keys
@@ -49,7 +50,7 @@ from arena_eval.broker.pool import live_workers, wait_for_pool
 from arena_eval.broker.protocol import InferRequest, decode_reply
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
-from arena_eval.broker.wire import Arg, DedicatedConnection, Parts, execute_chain
+from arena_eval.broker.wire import Arg, Parts
 
 #: Requests at least this large use shared memory when a local worker exists.
 SHM_MIN_BYTES = 64 * 1024
@@ -110,7 +111,7 @@ class PolicyClient:
         self._host_id = shm_trust.host_id()
         self._host_stream = self.keys.pool_host_requests(pool, self._host_id)
         self._last_reply_id: bytes = b"0-0"
-        self._conn = DedicatedConnection(self._r)
+        self._conn = open_chain(self._r)
         self._slots: list[shm.SlotWriter] = []
         self._slot_turn = 0
         self._route_checked = 0.0
@@ -209,6 +210,7 @@ class PolicyClient:
             request_bytes=float(nbytes),
         )
         self.last_timing = timing
+        telemetry.round_trip(self.pool, t_done - t0)
         return actions
 
     def _payload_field(self, parts: list[Any], nbytes: int) -> tuple[bytes, Arg, str]:
@@ -235,6 +237,7 @@ class PolicyClient:
                 raise PolicyInterrupted(f"stopped waiting for pool {self.pool!r} (request {rid})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                telemetry.client_outcome(self.pool, "expired")
                 raise PolicyTimeout(
                     f"no answer from pool {self.pool!r} within {self.timeout_s:.1f} s "
                     f"(request {rid}). Check `arena-eval pools` for live workers and their load."
@@ -251,7 +254,7 @@ class PolicyClient:
             try:
                 # BLOCK is already capped by the deadline; the margin only runs out on a dead link
                 read_timeout = block_ms / 1000.0 + _READ_MARGIN_S
-                results = execute_chain(self._conn.get(), commands, timeout_s=read_timeout)
+                results = self._conn.run(commands, timeout_s=read_timeout)
             except _CONNECTION_ERRORS as exc:
                 self._conn.drop()
                 if time.monotonic() + backoff >= deadline:
@@ -300,6 +303,7 @@ class PolicyClient:
                 self.duplicates_dropped += 1
                 continue
             if msg["kind"] == KIND_ERROR:
+                telemetry.client_outcome(self.pool, "error")
                 raise RemotePolicyError(
                     f"pool {self.pool!r} worker {msg.get('worker', '?')}: {msg.get('error')}"
                 )
@@ -314,7 +318,7 @@ class PolicyClient:
         # Best effort, bounded: the reply stream expires on its own if Redis is unreachable.
         with contextlib.suppress(Exception):
             command = transport.delete_reply_stream_command(self.reply_key)
-            execute_chain(self._conn.get(), [command], timeout_s=1.0)
+            self._conn.run([command], timeout_s=1.0)
         self._conn.release()
 
     def __enter__(self) -> PolicyClient:
@@ -353,7 +357,7 @@ def _row_values(
 
 def _default_compression(r: redis.Redis) -> str:
     """lz4 pays across a network, not on loopback or a unix socket (see benchmarks)."""
-    kwargs = r.connection_pool.connection_kwargs
+    kwargs = connection_kwargs(r)
     host = str(kwargs.get("host", ""))
     if kwargs.get("path") or host in ("127.0.0.1", "localhost", "::1"):
         return codec.Compression.OFF.value
