@@ -84,6 +84,7 @@ def _register_subcommands() -> None:
     app.command("report")(importlib.import_module("arena_eval.cli.report_cmd").report_cmd)
     app.add_typer(importlib.import_module("arena_eval.cli.gateway_cmd").app, name="gateway")
     app.add_typer(importlib.import_module("arena_eval.cli.train_cmd").app, name="train")
+    app.add_typer(importlib.import_module("arena_eval.cli.metrics_cmd").app, name="metrics")
 
 
 _register_subcommands()

@@ -15,6 +15,7 @@ import typer
 
 from arena_eval.cli.common import REDIS_URL_OPTION, console, esc, settings_for
 from arena_eval.cli.gateway_openpi_cmd import openpi_cmd
+from arena_eval.cli.metrics_cmd import METRICS_HOST_OPTION, METRICS_PORT_OPTION
 from arena_eval.sim_worker.gateways.core import GatewayConfig
 
 app = typer.Typer(
@@ -65,13 +66,17 @@ def zmq_cmd(
     ),
     redis_url: str | None = REDIS_URL_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every refused request."),
+    metrics_port: int = METRICS_PORT_OPTION,
+    metrics_host: str = METRICS_HOST_OPTION,
 ) -> None:
     """Serve GR00T (REQ), IsaacLab-Arena v1 (REQ) and v2 (DEALER) clients until SIGTERM."""
     from arena_eval.broker.connection import connect, ping
+    from arena_eval.broker.metrics_http import serve_process_metrics
     from arena_eval.sim_worker.gateways.extras import require
 
     require("zmq", "ZeroMQ")
     from arena_eval.sim_worker.gateways.core import GatewayCore, load_token
+    from arena_eval.sim_worker.gateways.readiness import spec_check
     from arena_eval.sim_worker.gateways.zmq_gateway import run_zmq_gateway
 
     logging.basicConfig(
@@ -87,6 +92,8 @@ def zmq_cmd(
         max_message_bytes=max_message_bytes, redis=settings,
     )  # fmt: skip
     core = GatewayCore(config)
+    serve_process_metrics("gateway", settings, port=metrics_port, host=metrics_host,
+                          checks=(spec_check(core),))  # fmt: skip
 
     def say_serving(address: str) -> None:
         console.print(

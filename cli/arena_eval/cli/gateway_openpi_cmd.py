@@ -11,6 +11,7 @@ import typer
 
 from arena_eval.broker.errors import ConfigError
 from arena_eval.cli.common import REDIS_URL_OPTION, console, esc, settings_for
+from arena_eval.cli.metrics_cmd import METRICS_HOST_OPTION, METRICS_PORT_OPTION
 
 _DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # mirrors openpi_server.DEFAULT_MAX_MESSAGE_BYTES
 
@@ -44,14 +45,18 @@ def openpi_cmd(
     ),
     redis_url: str | None = REDIS_URL_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    metrics_port: int = METRICS_PORT_OPTION,
+    metrics_host: str = METRICS_HOST_OPTION,
 ) -> None:
     """Serve unmodified openpi websocket clients (openpi-client) from a pool until SIGTERM."""
+    from arena_eval.broker.metrics_http import serve_process_metrics
     from arena_eval.sim_worker.gateways.extras import require
 
     require("websockets", "openpi")
     from arena_eval.sim_worker.gateways.core import GatewayConfig, GatewayCore, load_token
     from arena_eval.sim_worker.gateways.openpi_mapping import KeyMap
     from arena_eval.sim_worker.gateways.openpi_server import OpenpiGateway, OpenpiGatewayConfig
+    from arena_eval.sim_worker.gateways.readiness import spec_check
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
     if max_message_bytes < 1024:
@@ -66,6 +71,8 @@ def openpi_cmd(
             max_in_flight=max_in_flight, task=task, redis=settings,
         )
     )  # fmt: skip
+    serve_process_metrics("gateway", settings, port=metrics_port, host=metrics_host,
+                          checks=(spec_check(core),))  # fmt: skip
     config = OpenpiGatewayConfig(
         host=host, port=port, max_message_bytes=max_message_bytes, metadata=extra,
         keymap=keymap, api_token=token,

@@ -20,6 +20,7 @@ from arena_eval.cli.common import (
     print_json,
     settings_for,
 )
+from arena_eval.cli.metrics_cmd import METRICS_HOST_OPTION, METRICS_PORT_OPTION
 from arena_eval.policy_worker.config import PolicyWorkerConfig
 
 if TYPE_CHECKING:
@@ -71,8 +72,11 @@ def serve_cmd(
     burst: bool = typer.Option(False, "--burst", help="Exit when the queue is empty (tests)."),
     redis_url: str | None = REDIS_URL_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level."),
+    metrics_port: int = METRICS_PORT_OPTION,
+    metrics_host: str = METRICS_HOST_OPTION,
 ) -> None:
     """Serve a policy to a pool until SIGTERM/SIGINT."""
+    from arena_eval.broker.metrics_http import serve_process_metrics
     from arena_eval.policy_worker.registry import parse_policy_args
     from arena_eval.policy_worker.serve import serve_pool
 
@@ -99,6 +103,9 @@ def serve_cmd(
         worker_id=worker_id,
         redis=settings,
     )
+    # before the model loads: /readyz says 503 "not loaded yet: model" meanwhile
+    serve_process_metrics("policy", settings, port=metrics_port, host=metrics_host, pool=pool,
+                          needs=("model",))  # fmt: skip
     stats = serve_pool(config, burst=burst, on_serving=announce)
     console.print(
         f"stopped: {stats.requests} requests in {stats.batches} batches, "

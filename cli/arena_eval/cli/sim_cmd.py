@@ -14,6 +14,7 @@ import logging
 import typer
 
 from arena_eval.cli.common import REDIS_URL_OPTION, console, esc, settings_for
+from arena_eval.cli.metrics_cmd import METRICS_HOST_OPTION, METRICS_PORT_OPTION
 from arena_eval.sim_worker.config import SimWorkerConfig
 from arena_eval.sim_worker.envs.gym_env import Vectorization
 
@@ -66,9 +67,12 @@ def serve_cmd(
     burst: bool = typer.Option(False, "--burst", help="Exit when no unit is queued or pending."),
     redis_url: str | None = REDIS_URL_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every unit."),
+    metrics_port: int = METRICS_PORT_OPTION,
+    metrics_host: str = METRICS_HOST_OPTION,
 ) -> None:
     """Take work units of evaluation jobs from Redis and run them, until SIGTERM/SIGINT."""
     from arena_eval.broker.connection import connect, ping
+    from arena_eval.broker.metrics_http import serve_process_metrics
     from arena_eval.sim_worker.service import SimWorker, serve
 
     logging.basicConfig(
@@ -78,6 +82,7 @@ def serve_cmd(
     settings = settings_for(redis_url)
     # the parsed options, by name: exactly what a test that parses `sim serve` sees
     config = SimWorkerConfig.from_options(ctx.params, settings)
+    serve_process_metrics("sim", settings, port=metrics_port, host=metrics_host, needs=("env",))
     client = connect(settings)
     ping(client, settings)
     worker = SimWorker.from_config(config, client=client)

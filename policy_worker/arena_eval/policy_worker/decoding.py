@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from arena_eval.broker import codec, shm, transport
+from arena_eval.broker import codec, shm, telemetry, transport
 from arena_eval.broker.constants import F_DATA, F_REPLY, F_RID, F_SHM
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.fields import as_text
@@ -96,4 +96,5 @@ def over_delivered(p: Pending, keys: Keys, deliveries: int, max_deliveries: int)
         f"request delivered {deliveries} times without an answer "
         f"(max {max_deliveries}): workers crashed or hung while serving it"
     )
+    telemetry.over_delivered(p.entry_id)
     return p

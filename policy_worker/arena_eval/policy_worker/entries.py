@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from arena_eval.broker import shm, transport
+from arena_eval.broker import shm, telemetry, transport
 from arena_eval.broker.errors import CodecError
 from arena_eval.broker.protocol import InferRequest, error_reply
 from arena_eval.broker.wire import Arg
@@ -83,4 +83,5 @@ def answer_commands(
         )  # fmt: skip
         if p.reply and p.rid:
             commands += transport.reply_commands(p.reply, error_reply(p.rid, p.error, worker_id))
+    telemetry.policy_answered(replies, items)
     return commands, dead

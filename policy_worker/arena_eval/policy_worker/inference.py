@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from arena_eval.broker import shm
+from arena_eval.broker import shm, telemetry
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.protocol import InferRequest, actions_reply
 from arena_eval.broker.spec import PolicySpec
@@ -127,6 +127,7 @@ class BatchRunner:
         self._stats.batches += 1
         self._stats.requests += len(batch)
         self._stats.rows += n_rows
+        telemetry.policy_batch(out, infer_s, n_rows)
         return out
 
     def _run_policy(

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from arena_eval.broker import telemetry
 from arena_eval.broker.connection import connect, ping
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.settings import RedisSettings
@@ -97,6 +98,7 @@ def serve(
         except BaseException:
             worker.close()  # refused or unreachable: free the model, not only at process exit
             raise
+        telemetry.policy_serving(worker.pool, worker.stats)
         if on_serving is not None:
             on_serving(worker)
         return worker.run(burst=burst)

@@ -52,7 +52,7 @@ from typing import Any
 import redis
 from redis.exceptions import ResponseError
 
-from arena_eval.broker import fleet, jobs, streams
+from arena_eval.broker import fleet, jobs, streams, telemetry
 from arena_eval.broker.connection import connect
 from arena_eval.broker.jobs import JobNotFound
 from arena_eval.broker.keys import Keys
@@ -237,6 +237,7 @@ def serve(
     cleanly. ``on_joined`` runs once the worker has joined (the CLI says "serving" there)."""
     with stop_on_signals(worker.stop, "handing the running unit back"):
         worker.join()  # inside the handlers: once it is visible as live, a signal stops it cleanly
+        telemetry.ready("env")
         if on_joined is not None:
             on_joined()
         return worker.run(burst=burst)

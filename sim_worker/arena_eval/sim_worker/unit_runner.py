@@ -33,7 +33,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import dataset, jobs, pool, results
+from arena_eval.broker import dataset, jobs, pool, results, telemetry
 from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.errors import BrokerUnavailable, ConfigError
 from arena_eval.broker.jobs import Job, JobSpec
@@ -208,6 +208,7 @@ class UnitRunner:
                 self._r, self.keys, job.job_id, self.worker_id, time.time(), rows,
                 stats.counters(), stats.sums,
             )  # fmt: skip
+            telemetry.episodes(job.job_id, episodes, stats.steps)
             if completed:
                 log.info("job %s completed", job.job_id)
                 if job.spec.recording and job.spec.record_dir:
