@@ -144,17 +144,19 @@ def test_metaworld_job_on_two_sim_workers(
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("needs_metaworld")
+@pytest.mark.parametrize("mode", ["--no-overlap", "--overlap"])
 def test_one_or_three_sim_workers_give_identical_episodes(
-    settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs
+    settings: RedisSettings, r: redis.Redis, keys: Keys, fleet_procs: Procs, mode: str
 ) -> None:
     start_pool(fleet_procs)
-    start_sims(fleet_procs, 1, "--num-envs", "3")
+    start_sims(fleet_procs, 1, "--num-envs", "3")  # the reference: synchronous
     wait_ready(r, keys, fleet_procs, sims=1)
     alone = submit(settings, *mw_args(30))
     assert wait_terminal(r, keys, alone, fleet_procs).state is JobState.COMPLETED
-    # two more workers with other slot counts: episodes land on other slots and workers
-    start_sims(fleet_procs, 1, "--num-envs", "1")
-    start_sims(fleet_procs, 1, "--num-envs", "2")
+    # two more workers with other slot counts: episodes land on other slots and workers;
+    # with --overlap the 2-slot worker runs two lanes of one slot, double-buffered
+    start_sims(fleet_procs, 1, "--num-envs", "1", mode)
+    start_sims(fleet_procs, 1, "--num-envs", "2", mode)
     wait_ready(r, keys, fleet_procs, sims=3)
     shared = submit(settings, *mw_args(30, "--shard-size", "3"))
     assert wait_terminal(r, keys, shared, fleet_procs).state is JobState.COMPLETED

@@ -120,6 +120,36 @@ def gateway_cmd(
         console.print(format_table(result), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("overlap")
+def overlap_cmd(
+    num_envs: int = typer.Option(8, "--num-envs", min=2, help="Env slots of the one sim worker."),
+    episodes: int = typer.Option(16, "--episodes", min=1, help="Episodes per timed run."),
+    max_steps: int = typer.Option(100, "--max-steps", min=1, help="Steps per episode."),
+    task: str = typer.Option("metaworld/reach-v3", "--task", help="Env to step."),
+    fixed_ms: float = typer.Option(0.0, "--fixed-ms", min=0, help="Model cost per request."),
+    row_ms: float | None = typer.Option(
+        None, "--row-ms", min=0, help="Model cost per row.", show_default="env step / slots"
+    ),
+    max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", min=0, help="Pool batch window."),
+    rounds: int = typer.Option(2, "--rounds", min=1, help="Alternating sync/overlap runs."),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Env steps/s of one sim worker: synchronous rollout vs --overlap (double-buffered)."""
+    from arena_eval.benchmarks.overlap import format_result, run_overlap
+
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+        result = run_overlap(
+            num_envs=num_envs, episodes=episodes, max_steps=max_steps, task=task,
+            fixed_ms=fixed_ms, row_ms=row_ms, max_wait_ms=max_wait_ms, rounds=rounds,
+            settings=settings_for(redis_url),
+        )  # fmt: skip
+    if json_out:
+        print_json(result)
+    else:
+        console.print(format_result(result), highlight=False, markup=False)
+
+
 @app.command("policy")
 def policy_rows_cmd(
     batch: str = typer.Option("1,8,64,256", "--batch", help="Rows per request, comma-separated."),

@@ -58,6 +58,12 @@ def serve_cmd(
         "--vectorization",
         help="Step the env slots in this process (sync) or one subprocess each (async).",
     ),
+    overlap: bool = typer.Option(
+        _DEFAULTS.overlap,
+        "--overlap/--no-overlap",
+        help="Double-buffer the rollout: half the env slots step while the other half's "
+        "policy request is in flight (needs 2+ slots; results are the same).",
+    ),
     worker_id: str | None = typer.Option(
         _DEFAULTS.worker_id,
         "--worker-id",
@@ -90,7 +96,8 @@ def serve_cmd(
     def say_serving() -> None:
         console.print(
             f"sim worker [bold]{esc(worker.worker_id)}[/] ({config.num_envs} env slots, "
-            f"lease {config.lease_ms} ms) on {esc(settings.masked_url())}",
+            f"lease {config.lease_ms} ms{', overlapped' if config.overlap else ''}) "
+            f"on {esc(settings.masked_url())}",
             highlight=False,
         )
 

@@ -99,6 +99,8 @@ class LocalStack:
     sim_workers: int = 2
     #: Env slots per sim worker (``sim serve --num-envs``); None: the worker's default.
     num_envs: int | None = None
+    #: Double-buffered rollout (``sim serve --overlap/--no-overlap``); None: the worker's default.
+    overlap: bool | None = None
     #: Batch window of the policy workers (``policy serve --max-wait-ms``); None: theirs.
     max_wait_ms: float | None = None
     #: Gateways in front of ``pool``, as ``PROTOCOL:PORT`` (``zmq:5555``, ``openpi:8000``).
@@ -136,6 +138,8 @@ class LocalStack:
         args = ["sim", "serve"]
         if self.num_envs is not None:
             args += ["--num-envs", str(self.num_envs)]
+        if self.overlap is not None:
+            args += ["--overlap" if self.overlap else "--no-overlap"]
         children += [(f"sim-{i}", list(args)) for i in range(self.sim_workers)]
         for item in self.gateways:
             protocol, port = parse_gateway(item)

@@ -71,6 +71,12 @@ def up_cmd(
         help="Env slots per sim.",
         show_default=f"the sim worker's, {SimWorkerConfig.num_envs}",
     ),
+    overlap: bool | None = typer.Option(
+        None,
+        "--overlap/--no-overlap",
+        help="Sim workers double-buffer their rollouts (`sim serve --overlap`).",
+        show_default="the sim worker's",
+    ),
     gateway: list[str] = typer.Option(
         [],
         "--gateway",
@@ -118,7 +124,7 @@ def up_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStack:
         settings, pool=options["pool"], policy=options["policy"],
         policy_args=options["policy_arg"], policy_workers=options["policy_workers"],
         sim_workers=options["sim_workers"], num_envs=options["num_envs"],
-        gateways=options.get("gateway") or (),
+        overlap=options.get("overlap"), gateways=options.get("gateway") or (),
     )  # fmt: skip
 
 
@@ -128,6 +134,7 @@ def demo_stack(settings: RedisSettings, options: Mapping[str, Any]) -> LocalStac
         settings, pool=DEMO_POOL, policy="metaworld-expert",
         policy_args=[f"task={','.join(DEMO_TASKS)}"],
         sim_workers=options["sim_workers"], num_envs=options["num_envs"],
+        overlap=options.get("overlap"),
     )  # fmt: skip
 
 
@@ -154,6 +161,12 @@ def demo_cmd(
     ),
     num_envs: int = typer.Option(
         SimWorkerConfig.num_envs, "--num-envs", min=1, help="Env slots per sim worker."
+    ),
+    overlap: bool | None = typer.Option(
+        None,
+        "--overlap/--no-overlap",
+        help="Sim workers double-buffer their rollouts (`sim serve --overlap`).",
+        show_default="the sim worker's",
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Episode i is reset with seed SEED+i."),
     json_out: bool = JSON_OPTION,

@@ -52,6 +52,18 @@ class ChunkedPolicy:
         for i in ids.tolist():
             self._episodes[i] = None
 
+    def will_request(
+        self, episode_ids: Sequence[str | int], active: np.ndarray | None = None
+    ) -> bool:
+        """Whether ``act`` with these arguments would ask the pool (a chunk of an active env
+        ran out, or its episode changed); an overlapped rollout runs the others inline."""
+        ids = [str(e) for e in episode_ids]
+        need = self._index >= self.horizon
+        need |= np.fromiter((a != b for a, b in zip(ids, self._episodes, strict=True)), np.bool_)
+        if active is not None:
+            need &= active
+        return bool(need.any())
+
     def act(
         self,
         obs: Mapping[str, np.ndarray],

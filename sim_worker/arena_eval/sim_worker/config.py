@@ -54,6 +54,10 @@ class SimWorkerConfig:
     #: A unit delivered more times than this (each worker running it died or stalled
     #: past its lease) fails its job instead of killing more workers.
     max_deliveries: int = 5
+    #: Double-buffered rollout: the env slots are split into two lanes, and one lane steps
+    #: while the other's policy request is in flight (``overlap.py``); per-episode results
+    #: are the same either way. Needs at least 2 slots (a job of 1 env runs synchronously).
+    overlap: bool = False
     #: Name in the unit group and in ``arena-eval workers``; None: ``host-pid-random``.
     worker_id: str | None = None
     #: Redis to work on; None: ``RedisSettings.from_env()``.

@@ -51,7 +51,8 @@ class EnvCache:
 
 
 class PoolClients:
-    """One PolicyClient per pool, sharing the worker's Redis client and stop check."""
+    """One PolicyClient per pool and lane, sharing the worker's Redis client and stop check
+    (a double-buffered rollout drives two lanes on two threads: a client each)."""
 
     def __init__(
         self,
@@ -65,27 +66,28 @@ class PoolClients:
         self._r = r
         self.timeout_s = timeout_s
         self.should_stop = should_stop
-        self._clients: dict[str, PolicyClient] = {}
+        self._clients: dict[tuple[str, int], PolicyClient] = {}
 
-    def get(self, pool: str) -> PolicyClient:
-        """The client for ``pool`` (created without a handshake: the caller connects it)."""
-        client = self._clients.get(pool)
+    def get(self, pool: str, lane: int = 0) -> PolicyClient:
+        """The client for ``pool`` and ``lane`` (created without a handshake: the caller
+        connects it)."""
+        client = self._clients.get((pool, lane))
         if client is None:
             client = PolicyClient(
                 pool, self.settings, client=self._r, timeout_s=self.timeout_s,
                 handshake=False, should_stop=self.should_stop,
             )  # fmt: skip
-            self._clients[pool] = client
+            self._clients[(pool, lane)] = client
         return client
 
     def discard(self, pool: str) -> None:
-        """Close and forget the client for ``pool``; the next ``get`` opens a new one."""
-        client = self._clients.pop(pool, None)
-        if client is not None:
+        """Close and forget the clients of ``pool`` (every lane); the next ``get`` opens new."""
+        for key in [k for k in self._clients if k[0] == pool]:
+            client = self._clients.pop(key)
             with contextlib.suppress(Exception):
                 client.close()
 
     def close(self) -> None:
         """Close every client (best effort)."""
-        for pool in list(self._clients):
+        for pool in {k[0] for k in self._clients}:
             self.discard(pool)

@@ -91,6 +91,7 @@ class SimWorker:
         pool_poll_s: float = _DEFAULTS.pool_poll_s,
         vectorization: str = _DEFAULTS.vectorization,
         max_deliveries: int = _DEFAULTS.max_deliveries,
+        overlap: bool = _DEFAULTS.overlap,
     ) -> None:
         """A worker on ``settings`` (or the environment's); defaults: ``SimWorkerConfig``'s.
         Bad options raise ``ConfigError`` here, before anything starts."""
@@ -98,7 +99,7 @@ class SimWorker:
             num_envs=num_envs, lease_ms=lease_ms, block_ms=block_ms,
             policy_timeout_s=policy_timeout_s, max_policy_timeouts=max_policy_timeouts,
             pool_poll_s=pool_poll_s, vectorization=vectorization,
-            max_deliveries=max_deliveries, worker_id=worker_id, redis=settings,
+            max_deliveries=max_deliveries, overlap=overlap, worker_id=worker_id, redis=settings,
         )  # fmt: skip
         self.settings = self.config.settings
         self.keys = Keys(self.settings.prefix)

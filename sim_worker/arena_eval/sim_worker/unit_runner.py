@@ -11,6 +11,9 @@ Given a job and the lease on one of its units it:
   built or the pool's spec does not fit it (observations or action width);
 * runs the unit's episodes that are not stored yet (results are write-once, so
   a unit taken over from a dead worker skips what that worker finished);
+* with ``overlap`` (``--overlap``) and at least 2 env slots, splits the slots into two
+  envs (lanes) and runs them double-buffered (``overlap.py``): one lane steps while the
+  other's request is in flight, each lane over its own pool client; results are the same;
 * records the episodes the job asks for (``--record``/``--video``, ``recording/``): each
   ended episode's frames are written once, before its result; the worker whose results
   complete the job consolidates the dataset's meta files (``broker.dataset.finalize``);
@@ -50,6 +53,7 @@ from arena_eval.sim_worker.pool_watch import PoolWatch
 from arena_eval.sim_worker.recording import EpisodeWriter, Trajectory, TrajectoryBuffer
 from arena_eval.sim_worker.rollout import (
     RolloutStats,
+    Twin,
     filmed_only,
     run_episodes,
     spec_mismatch,
@@ -82,6 +86,7 @@ class UnitRunner:
         self.config = config
         self.clients = clients
         self.envs = EnvCache(config.vectorization)
+        self.twins = EnvCache(config.vectorization)  # the second lane's env (``overlap``)
         self.pools = PoolWatch(r, keys, clients, pool_poll_s=config.pool_poll_s)
 
     def execute(self, job: Job, lease: Lease) -> Outcome:
@@ -104,7 +109,7 @@ class UnitRunner:
                 return Outcome.DEFER
             num_envs = min(job.spec.num_envs or self.config.num_envs, self.config.num_envs)
             try:
-                env = self.envs.get(spec_, num_envs)
+                env, twin = self._envs(spec_, num_envs)
             except Exception as exc:
                 return self._fail(job, f"cannot build task {spec_.task!r}: {_describe(exc)}")
             hidden = filmed_only(env, spec, spec_)
@@ -121,7 +126,9 @@ class UnitRunner:
             lease.episodes_done = len(done)
             try:
                 todo = [i for i in lease.unit.indices if i not in done]
-                self._rollout(job, lease, env, todo, spec_.task, instruction, writer, hidden)
+                self._rollout(
+                    job, lease, (env, twin), todo, spec_.task, instruction, writer, hidden
+                )
             except PolicyInterrupted:  # stopping or cancelled while waiting for an answer
                 self.clients.discard(job.spec.pool)  # its reply stream may still get the answer
                 return self._aborted(job, lease)
@@ -153,6 +160,7 @@ class UnitRunner:
             except Exception as exc:
                 log.exception("rollout of job %s failed", job.job_id)
                 self.envs.drop()  # it may be broken: the next unit builds a fresh one
+                self.twins.drop()
                 return self._fail(job, f"simulation error in task {spec_.task!r}: {_describe(exc)}")
             return self._aborted(job, lease) if lease.abort.is_set() else Outcome.DONE
 
@@ -160,6 +168,15 @@ class UnitRunner:
         """Close the pool clients and the env (best effort)."""
         self.clients.close()
         self.envs.drop()
+        self.twins.drop()
+
+    def _envs(self, spec: JobSpec, num_envs: int) -> tuple[VectorEnv, VectorEnv | None]:
+        """The unit's env, and with ``overlap`` (2+ slots) the second lane's: half each."""
+        if not self.config.overlap or num_envs < 2:
+            self.twins.drop()
+            return self.envs.get(spec, num_envs), None
+        first = (num_envs + 1) // 2
+        return self.envs.get(spec, first), self.twins.get(spec, num_envs - first)
 
     def _unanswered(self, job: Job, live: int, timeouts: int) -> str:
         return (
@@ -172,19 +189,28 @@ class UnitRunner:
         self,
         job: Job,
         lease: Lease,
-        env: VectorEnv,
+        envs: tuple[VectorEnv, VectorEnv | None],
         todo: list[int],
         task: str,
         instruction: str,
         writer: EpisodeWriter | None = None,
         hidden: frozenset[str] = frozenset(),
     ) -> None:
+        env, second = envs
         policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
         skipped = lease.episodes_done
-        capture = None
-        if writer is not None:
-            spec = job.spec
-            capture = TrajectoryBuffer(env.num_envs, lambda i: spec.may_record(spec.locate(i)[2]))
+        spec = job.spec
+
+        def buffer(slots: int) -> TrajectoryBuffer | None:
+            if writer is None:
+                return None
+            return TrajectoryBuffer(slots, lambda i: spec.may_record(spec.locate(i)[2]))
+
+        capture = buffer(env.num_envs)
+        twin = None
+        if second is not None:
+            lane_policy = ChunkedPolicy(self.clients.get(spec.pool, 1), second.num_envs)
+            twin = Twin(second, lane_policy, buffer(second.num_envs))
 
         def record(episodes: list[tuple[EpisodeResult, Trajectory]]) -> None:
             assert writer is not None
@@ -221,7 +247,7 @@ class UnitRunner:
             env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
             on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
             progress=progress, task=task, instruction=instruction, capture=capture,
-            on_recorded=record, hidden=hidden,
+            on_recorded=record, hidden=hidden, twin=twin,
         )  # fmt: skip
 
     def _aborted(self, job: Job, lease: Lease) -> Outcome:
