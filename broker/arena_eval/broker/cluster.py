@@ -33,8 +33,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterPipeline, RedisCluster
 from redis.connection import AbstractConnection
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.retry import Retry
 
 from arena_eval.broker import wire
@@ -108,6 +115,14 @@ def command_key(command: Sequence[Arg]) -> str | bytes:
     return cast("str | bytes", command[1])
 
 
+def _topology_error(reply: object) -> bool:
+    """A reply saying the slot map changed: redis-py names some (MOVED, CLUSTERDOWN...) by class
+    and strips their code from the text; others keep the code as the first word."""
+    if isinstance(reply, (ClusterDownError, MovedError, AskError, TryAgainError)):
+        return True
+    return isinstance(reply, ResponseError) and str(reply).split(" ", 1)[0] in _TOPOLOGY_ERRORS
+
+
 class ClusterChain:
     """``execute_chain`` across a cluster: one connection per node, one round trip per chain.
 
@@ -151,7 +166,7 @@ class ClusterChain:
                 for index, reply in zip(parts[name], got, strict=True):
                     replies[index] = reply
         for reply in replies:
-            if isinstance(reply, ResponseError) and str(reply).split(" ", 1)[0] in _TOPOLOGY_ERRORS:
+            if _topology_error(reply):
                 self.drop()
                 raise RedisConnectionError(f"cluster topology changed ({reply}); retry")
         return replies
@@ -245,3 +260,16 @@ def queue_script(pipe: Any, source: str, keys: Sequence[str], args: Sequence[Any
         pipe.execute_command("EVAL", source, len(keys), *keys, *args)
     else:
         pipe.register_script(source)(keys=list(keys), args=list(args))
+
+
+def wait_for_replicas(client: redis.Redis, key: str, replicas: int, timeout_ms: int) -> int:
+    """``WAIT replicas timeout_ms`` on the master of ``key``; the replicas that have our writes.
+
+    WAIT counts the writes of the connection it runs on. redis-py hands a node's
+    connections out last-in first-out, so in one thread this is the connection
+    that just wrote; if another thread took it in between, WAIT returns early
+    and ``reconcile`` remains the safety net.
+    """
+    cluster = cast(RedisCluster, client)
+    node = cluster.get_node_from_key(key)
+    return int(cluster.execute_command("WAIT", replicas, timeout_ms, target_nodes=node))

@@ -117,6 +117,10 @@ class Keys:
         """HASH worker id -> last time it worked on the job."""
         return f"{self.prefix}job:{{{check_name('job', job_id)}}}:workers"
 
+    def job_reconcile(self, job_id: str) -> str:
+        """STRING with a TTL: taken (SET NX) by the sim worker re-queuing the job's lost episodes."""
+        return f"{self.prefix}job:{{{check_name('job', job_id)}}}:reconcile"
+
     def units(self) -> str:
         """STREAM of work units (shards of episodes of any job), read by SIM_GROUP."""
         return f"{self.prefix}units"

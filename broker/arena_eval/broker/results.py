@@ -24,18 +24,32 @@ finished episode, pipelined with the result, never per step:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 
-from arena_eval.broker.cluster import queue_script
+from arena_eval.broker.cluster import is_cluster, queue_script, wait_for_replicas
 from arena_eval.broker.episode import BadEpisode, EpisodeResult
 from arena_eval.broker.fields import as_text, number, warn_field
 from arena_eval.broker.jobs import queue_completion
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import HIST_PREFIX
+
+#: Replicas a cluster master must have copied new results to before a sim worker goes on
+#: (``WAIT``); 0 turns it off. Lost results are re-run by ``reconcile`` either way: WAIT
+#: makes that rare, at the cost measured in docs/architecture.md ("Failover").
+ENV_WAIT_REPLICAS = "ARENA_WAIT_REPLICAS"
+WAIT_TIMEOUT_MS = 200
+
+
+def wait_replicas() -> int:
+    """``ARENA_WAIT_REPLICAS`` (default 1; 0 = off)."""
+    raw = os.environ.get(ENV_WAIT_REPLICAS, "1")
+    return int(raw) if raw.isdigit() else 1
+
 
 #: Fixed leading columns of ``results --format csv`` (then ``m.<metric>``, sorted).
 #: ``task`` and ``task_episode`` came last, so the earlier columns keep their positions.
@@ -105,6 +119,9 @@ def record(
         if x and math.isfinite(x):
             pipe.hincrbyfloat(stats, name, float(x))
     replies = pipe.execute()
+    if episodes and is_cluster(r) and (replicas := wait_replicas()):
+        # before the unit that produced them is acknowledged (see broker/reconcile.py)
+        wait_for_replicas(r, keys.job_results(job_id), replicas, WAIT_TIMEOUT_MS)
     if not episodes:
         return 0, False
     written, completed = replies[0], replies[1]

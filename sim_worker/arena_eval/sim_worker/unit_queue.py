@@ -19,11 +19,14 @@ import time
 
 import redis
 
-from arena_eval.broker import jobs, streams, units
+from arena_eval.broker import jobs, reconcile, streams, units
 from arena_eval.broker.constants import SIM_GROUP
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.units import WorkUnit
 from arena_eval.sim_worker.lease import Outcome
+
+#: An idle worker looks for jobs stuck by lost writes this often (``broker/reconcile.py``).
+RECONCILE_EVERY_S = 5.0
 
 log = logging.getLogger("arena_eval.sim_worker")
 
@@ -50,6 +53,7 @@ class UnitQueue:
         self.block_ms = block_ms
         self.max_deliveries = max_deliveries
         self._next_claim = 0.0
+        self._next_reconcile = time.monotonic() + RECONCILE_EVERY_S
 
     def join(self) -> None:
         """Create the unit group if it is missing (idempotent)."""
@@ -67,6 +71,10 @@ class UnitQueue:
                 return None
         if not found:
             found = units.read_new(self._r, self.keys, self.worker_id, self.block_ms)
+        if not found and now >= self._next_reconcile:
+            self._next_reconcile = now + RECONCILE_EVERY_S
+            for repair in reconcile.reconcile(self._r, self.keys):
+                log.warning("reconciled job %s after lost writes: %s", repair.job_id, repair)
         for item in found:
             if isinstance(item, WorkUnit):
                 return item
