@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from arena_eval.broker import jobs, results, telemetry
 from arena_eval.broker.errors import ConfigError
-from arena_eval.broker.fleet_metrics import round_trip_buckets
+from arena_eval.broker.fleet_metrics import FleetCollector, round_trip_buckets
 from arena_eval.broker.jobs import JobSpec
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.metrics import LatencyHistogram
@@ -303,3 +303,28 @@ def test_gateway_is_ready_once_its_pool_has_a_spec(
     finally:
         policy.stop()
         thread.join(10)
+
+
+def test_fleet_exporter_jobs_zero_exports_no_job(r: redis.Redis, keys: Keys) -> None:
+    """``--jobs 0`` means none (a ZREVRANGE 0..0 would still return the newest one)."""
+    jobs.submit(r, keys, JobSpec(task="CartPole-v1", pool="p", episodes=1))
+    names = {s.name for m in FleetCollector(r, keys, jobs=0).collect() for s in m.samples}
+    assert not {n for n in names if n.startswith("arena_job_")}
+    names = {s.name for m in FleetCollector(r, keys, jobs=1).collect() for s in m.samples}
+    assert "arena_job_episodes_expected" in names
+
+
+def test_pool_histogram_renders_cumulative_le_buckets() -> None:
+    hist = telemetry.PoolHistogram("arena_x_seconds", "x", (0.1, 1.0))
+    hist.observe("a", 0.1)  # on a bound: counted under it (le is "at most")
+    hist.observe_all("a", [0.5, 7.0])
+    hist.observe("b", 2.0)
+    rendered = {
+        (s.name, s.labels.get("pool"), s.labels.get("le")): s.value for s in hist.family().samples
+    }
+    assert rendered[("arena_x_seconds_bucket", "a", "0.1")] == 1
+    assert rendered[("arena_x_seconds_bucket", "a", "1.0")] == 2
+    assert rendered[("arena_x_seconds_bucket", "a", "+Inf")] == 3
+    assert rendered[("arena_x_seconds_count", "a", None)] == 3
+    assert rendered[("arena_x_seconds_sum", "a", None)] == 7.6
+    assert rendered[("arena_x_seconds_bucket", "b", "1.0")] == 0

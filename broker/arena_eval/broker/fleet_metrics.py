@@ -168,7 +168,8 @@ class FleetCollector(Collector):
             labels=job,
         )  # fmt: skip
         warnings: list[str] = []
-        for view, done, successes in list_job_views(self._r, self._keys, self._jobs, warnings):
+        views = list_job_views(self._r, self._keys, self._jobs, warnings) if self._jobs > 0 else []
+        for view, done, successes in views:
             labels = [view.job_id, str(view.spec.get("pool", ""))]
             episodes.add_metric([*labels, "success"], successes)
             episodes.add_metric([*labels, "failure"], max(0, done - successes))
