@@ -118,7 +118,7 @@ class Keys:
         return f"{self.prefix}job:{{{check_name('job', job_id)}}}:workers"
 
     def job_reconcile(self, job_id: str) -> str:
-        """STRING with a TTL: taken (SET NX) by the sim worker re-queuing the job's lost episodes."""
+        """STRING with a TTL: held (SET NX) by the sim worker re-queuing lost episodes."""
         return f"{self.prefix}job:{{{check_name('job', job_id)}}}:reconcile"
 
     def units(self) -> str:
