@@ -44,12 +44,14 @@ from __future__ import annotations
 import enum
 import math
 import struct
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import lz4.block
 import numpy as np
 import numpy.typing as npt
 
+from arena_eval.broker import lz4_into
 from arena_eval.broker.errors import CodecError
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "MAX_NDIM",
     "MIN_RATIO",
     "RAW",
+    "Buffers",
     "Compression",
     "Descriptor",
     "Encoded",
@@ -135,6 +138,11 @@ del _dt
 
 _DESC = struct.Struct("<BB4sQQQ")
 _ZEROS = bytes(ALIGN)
+
+
+#: Hands out ``n`` writable bytes (a flat uint8 array) for one decompressed array;
+#: the policy worker's ``DecodeBuffers`` reuses them instead of allocating fresh memory.
+Buffers = Callable[[int], "npt.NDArray[np.uint8]"]
 
 
 class Descriptor(NamedTuple):
@@ -284,21 +292,63 @@ def _check_shape(shape: tuple[int, ...], dtype: np.dtype[Any], raw: int) -> None
         raise _bad(f"shape {shape} of {dtype.str} needs {need} bytes, not {raw}")
 
 
-def read_array(desc: Descriptor, data: Any, view: memoryview, start: int) -> npt.NDArray[Any]:
+def read_array(
+    desc: Descriptor, data: Any, view: memoryview, start: int, buffers: Buffers | None = None
+) -> npt.NDArray[Any]:
     """The array of ``desc`` whose stored bytes begin at ``start`` in ``data``.
 
     ``data`` is the caller's buffer object (kept as the array's base so the
     memory stays alive), ``view`` a flat byte view of it. Raw arrays are views
-    into ``data`` (zero copy); lz4 arrays own freshly decompressed memory and
-    are made read-only too, so that consumers see one behaviour.
+    into ``data`` (zero copy); lz4 arrays own freshly decompressed memory --
+    or, with ``buffers``, memory it hands out (``Buffers``) -- and are made
+    read-only too, so that consumers see one behaviour.
     """
     if desc.codec == RAW:
         count = desc.raw // desc.dtype.itemsize
         arr: npt.NDArray[Any] = np.frombuffer(data, desc.dtype, count, start)
         return arr.reshape(desc.shape)
-    arr = _inflate(desc, view, start).view(desc.dtype).reshape(desc.shape)
+    if buffers is not None and lz4_into.available():
+        raw = _inflate_into(desc, view, start, buffers(desc.raw))
+    else:
+        raw = _inflate(desc, view, start)
+    arr = raw.view(desc.dtype).reshape(desc.shape)
     arr.flags.writeable = False
     return arr
+
+
+def _chunk_sizes(desc: Descriptor, view: memoryview, start: int) -> tuple[int, ...]:
+    """The validated chunk table of one lz4 segment."""
+    count = -(-desc.raw // LZ4_CHUNK)
+    table = 4 * count
+    if desc.stored < table:
+        raise CodecError(f"corrupt lz4 data: {desc.stored} bytes cannot hold {count} chunk sizes")
+    sizes: tuple[int, ...] = struct.unpack_from(f"<{count}I", view, start)
+    if table + sum(sizes) != desc.stored:
+        raise CodecError(
+            f"corrupt lz4 data: chunk sizes add up to {table + sum(sizes)}, "
+            f"segment holds {desc.stored}"
+        )
+    return sizes
+
+
+def _inflate_into(
+    desc: Descriptor, view: memoryview, start: int, out: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.uint8]:
+    """Decompress one lz4 segment straight into ``out`` (``desc.raw`` bytes), no temporaries."""
+    if out.dtype != np.uint8 or out.ndim != 1 or out.nbytes != desc.raw or not out.flags.writeable:
+        raise ValueError(f"a buffer must be a writable flat uint8 array of {desc.raw} bytes")
+    sizes = _chunk_sizes(desc, view, start)
+    src_base = np.frombuffer(view, np.uint8).ctypes.data  # the address; no copy
+    dst_base = out.ctypes.data
+    pos, src = 0, start + 4 * len(sizes)
+    for size in sizes:
+        n = min(LZ4_CHUNK, desc.raw - pos)
+        got = lz4_into.decompress_into(src_base + src, size, dst_base + pos, n)
+        if got != n:
+            why = "corrupt block" if got < 0 else f"chunk gave {got} bytes, expected {n}"
+            raise CodecError(f"corrupt lz4 data in chunk at byte {src}: {why}")
+        pos, src = pos + n, src + size
+    return out
 
 
 def _inflate(desc: Descriptor, view: memoryview, start: int) -> npt.NDArray[np.uint8]:

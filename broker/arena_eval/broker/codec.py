@@ -53,7 +53,9 @@ big blobs as uint8 arrays to get zero-copy decoding.
 Decoded arrays: uncompressed arrays are views of the input buffer, read-only
 when it is ``bytes`` (writable for a ``bytearray``) and keep it alive;
 decompressed arrays own their memory and are read-only. Call ``.copy()`` or
-``np.array(x)`` if you need to write.
+``np.array(x)`` if you need to write. ``loads(..., buffers=)`` decompresses
+into memory the caller hands out instead (the policy worker reuses it, so a
+7.9 MB GR1 frame stack does not page-fault fresh memory on every request).
 
 ``max_size`` bounds both the message length and the bytes of array data it
 carries (compressed arrays count at their decompressed size), on both sides,
@@ -73,6 +75,7 @@ import numpy.typing as npt
 from arena_eval.broker.arrays import (
     ARRAY_EXT,
     LZ4,
+    Buffers,
     Compression,
     align,
     encode_array,
@@ -316,15 +319,22 @@ def _pack_header(tree: Any) -> bytes:
 
 
 def loads(
-    data: bytes | bytearray | memoryview, *, max_size: int = DEFAULT_MAX_MESSAGE_BYTES
+    data: bytes | bytearray | memoryview,
+    *,
+    max_size: int = DEFAULT_MAX_MESSAGE_BYTES,
+    buffers: Buffers | None = None,
 ) -> Any:
-    """Decode one message. Raises ``CodecError``, and only that, for any malformed input."""
+    """Decode one message. Raises ``CodecError``, and only that, for any malformed input.
+
+    ``buffers`` (``arrays.Buffers``) hands out the memory lz4 arrays decompress
+    into, instead of fresh allocations (the policy worker's reused pool).
+    """
     limit = _check_limit(max_size)
     view = _byte_view(data)
     _check_size("message", view.nbytes, limit)
     base: Any = data if isinstance(data, (bytes, bytearray)) else view
     try:
-        return _decode(base, view, limit)
+        return _decode(base, view, limit, buffers)
     except CodecError:
         raise
     except Exception as exc:  # the contract: malformed input raises CodecError only
@@ -346,7 +356,7 @@ def _byte_view(data: object) -> memoryview:
         raise CodecError(f"loads() needs a contiguous buffer: {exc}") from exc
 
 
-def _decode(base: Any, view: memoryview, limit: int) -> Any:
+def _decode(base: Any, view: memoryview, limit: int, buffers: Buffers | None = None) -> Any:
     size = view.nbytes
     if size < _PRELUDE.size:
         raise CodecError(f"truncated message: {size} bytes, the prelude alone is {_PRELUDE.size}")
@@ -361,7 +371,7 @@ def _decode(base: Any, view: memoryview, limit: int) -> Any:
     if head_end > size:
         raise CodecError(f"truncated message: the header needs {head_end} bytes, got {size}")
     header = view[_PRELUDE.size : head_end]
-    reader = _ArrayReader(base, view, align(head_end), limit)
+    reader = _ArrayReader(base, view, align(head_end), limit, buffers)
     try:
         obj = msgpack.unpackb(
             header,
@@ -403,10 +413,18 @@ class _ArrayReader:
     the message, and that the message ends with the last one.
     """
 
-    __slots__ = ("base", "count", "cursor", "data_start", "inflated", "limit", "view")
+    __slots__ = ("base", "buffers", "count", "cursor", "data_start", "inflated", "limit", "view")
 
-    def __init__(self, base: Any, view: memoryview, data_start: int, limit: int) -> None:
+    def __init__(
+        self,
+        base: Any,
+        view: memoryview,
+        data_start: int,
+        limit: int,
+        buffers: Buffers | None = None,
+    ) -> None:
         self.base = base
+        self.buffers = buffers
         self.view = view
         self.data_start = data_start
         self.limit = limit
@@ -436,7 +454,9 @@ class _ArrayReader:
         if desc.codec == LZ4:
             self.inflated += desc.raw
             _check_size("decompressed array data", self.inflated, self.limit)
-        arr: npt.NDArray[Any] = read_array(desc, self.base, self.view, self.data_start + offset)
+        arr: npt.NDArray[Any] = read_array(
+            desc, self.base, self.view, self.data_start + offset, self.buffers
+        )
         self.cursor = offset + desc.stored
         self.count += 1
         return arr

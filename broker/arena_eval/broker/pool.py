@@ -154,6 +154,7 @@ def describe_pool(r: redis.Redis, keys: Keys, pool: str) -> dict[str, Any]:
                 "rows": d.get("rows", 0),
                 "batches_per_s": round(float(d.get("batches", 0)) / up_s, 2),
                 "mean_batch_rows": d.get("mean_batch_rows", 0.0),
+                "busy_fraction": d.get("busy_fraction", 0.0),
                 "infer_calls": d.get("infer_calls", 0),
                 "dead_letters": d.get("dead_letters", 0),
                 "reclaimed": d.get("reclaimed", 0),

@@ -122,13 +122,17 @@ def gateway_cmd(
 
 @app.command("overlap")
 def overlap_cmd(
-    num_envs: int = typer.Option(8, "--num-envs", min=2, help="Env slots of the one sim worker."),
-    episodes: int = typer.Option(16, "--episodes", min=1, help="Episodes per timed run."),
+    num_envs: int = typer.Option(16, "--num-envs", min=2, help="Env slots of the one sim worker."),
+    episodes: int = typer.Option(32, "--episodes", min=1, help="Episodes per timed run."),
     max_steps: int = typer.Option(100, "--max-steps", min=1, help="Steps per episode."),
     task: str = typer.Option("metaworld/reach-v3", "--task", help="Env to step."),
     fixed_ms: float = typer.Option(0.0, "--fixed-ms", min=0, help="Model cost per request."),
     row_ms: float | None = typer.Option(
-        None, "--row-ms", min=0, help="Model cost per row.", show_default="env step / slots"
+        None,
+        "--row-ms",
+        min=0,
+        help="Model cost per row.",
+        show_default="latency of all rows = env step",
     ),
     max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", min=0, help="Pool batch window."),
     rounds: int = typer.Option(2, "--rounds", min=1, help="Alternating sync/overlap runs."),
@@ -180,6 +184,55 @@ def policy_rows_cmd(
             model=model, checkpoint=checkpoint, seconds=seconds, pool=not no_pool,
             settings=None if no_pool else settings_for(redis_url),
         )  # fmt: skip
+    if json_out:
+        print_json(result)
+    else:
+        console.print(format_table(result), highlight=False, markup=False)
+
+
+@app.command("saturation")
+def saturation_cmd(
+    clients: str = typer.Option("1,2,4,8", "--clients", help="Sim counts, comma-separated."),
+    rows: int = typer.Option(4, "--rows", help="Rows (envs) per request."),
+    base_ms: float = typer.Option(20.0, "--base-ms", help="Forward pass: fixed cost a."),
+    row_ms: float = typer.Option(0.2, "--row-ms", help="Forward pass: cost b per row."),
+    step_ms: float = typer.Option(0.0, "--step-ms", help="Each sim's env step between requests."),
+    max_wait_ms: float | None = typer.Option(
+        None, "--max-wait-ms", help="Pool batching window (default: --base-ms)."
+    ),
+    seconds: float = typer.Option(5.0, "--seconds", help="Measurement time per point."),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Busy fraction and mean batch of one pool (affine-cost policy) with K sims."""
+    from arena_eval.benchmarks.saturation import format_table, run_saturation
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers", param_hint="--clients") from None
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter("at least one count, each >= 1", param_hint="--clients")
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+        result = run_saturation(
+            clients=counts, rows=rows, base_ms=base_ms, row_ms=row_ms, step_ms=step_ms,
+            max_wait_ms=max_wait_ms, seconds=seconds, settings=settings_for(redis_url),
+        )  # fmt: skip
+    if json_out:
+        print_json(result)
+    else:
+        console.print(format_table(result), highlight=False, markup=False)
+
+
+@app.command("decode")
+def decode_cmd(
+    requests: int = typer.Option(200, "--requests", help="Decodes per side."),
+    json_out: bool = JSON_OPTION,
+) -> None:
+    """A worker's decode of compressed GR1: fresh buffers vs its reused ones, alternating."""
+    from arena_eval.benchmarks.decode_reuse import format_table, run_decode_reuse
+
+    result = run_decode_reuse(requests=requests)
     if json_out:
         print_json(result)
     else:

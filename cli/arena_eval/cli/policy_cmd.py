@@ -197,12 +197,13 @@ def pools_cmd(
             f"pending={p['pending_requests']}  dead_letters={p['dead_letters']}",
             highlight=False,
         )
-        table = Table("host", "state", "heartbeat", "batches/s", "mean batch", "requests")
+        table = Table("host", "state", "heartbeat", "batches/s", "mean batch", "busy", "requests")
         table.add_column("worker", no_wrap=True)
         for w in p["workers"]:
             table.add_row(
                 esc(str(w["host"])), esc(str(w["state"])), f"{w['heartbeat_age_s']:.1f}s",
-                f"{w['batches_per_s']:.2f}", f"{w['mean_batch_rows']:.2f}", str(w["requests"]),
+                f"{w['batches_per_s']:.2f}", f"{w['mean_batch_rows']:.2f}",
+                f"{w['busy_fraction']:.0%}", str(w["requests"]),
                 esc(str(w["worker_id"])),
             )  # fmt: skip
         if not p["workers"]:

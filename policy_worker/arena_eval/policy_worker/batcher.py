@@ -9,8 +9,21 @@ fair share). A batching policy is one class taking a ``PolicyWorkerConfig``
 
 The default, ``WindowBatcher``, waits at most ``max_wait_ms`` after the first
 request for more rows, up to ``max_batch``, and stops early once every client
-active in the last ``active_client_s`` has a request in the batch: nobody else
-is coming, so waiting longer is pure latency.
+it still expects has a request in the batch: nobody else is coming, so
+waiting longer is pure latency.
+
+Which clients it expects is learned. A sim sends its next request one period
+after its last (env step + round trip); the batcher keeps each client's
+period (a moving average of the gaps between its requests) and expects a
+client only until ``_PATIENCE`` periods (plus ``_SLACK_S`` of jitter) after its
+last request. A client that closed, crashed or stalls (a long reset) thus
+stops holding every batch open after about two of its periods -- before, it was expected for
+``active_client_s`` (1 s), and every batch in that second waited the full
+``max_wait_ms`` for it. A client seen only once has no period yet and is
+expected for ``active_client_s``, as before. Profiled at 8 sims x 10 ms
+(docs/benchmarks.md), the batches were already whole; the rest of the cycle
+is the clients' turnaround, which no batching rule can hide from synchronous
+clients (``--overlap`` sims can).
 """
 
 from __future__ import annotations
@@ -32,17 +45,24 @@ __all__ = ["Batcher", "WindowBatcher"]
 
 #: How long the window sleeps between non-blocking reads.
 _POLL_S = 0.0002
+#: A client is expected until this many of its periods after its last request,
+#: plus _SLACK_S for scheduling jitter (a loaded 2-core machine delays a sim by ms).
+_PATIENCE = 2.0
+_SLACK_S = 0.02
+#: Weight of the newest gap in a client's period (an exponential moving average).
+_GAP_WEIGHT = 0.25
 
 
 class WindowBatcher:
-    """Wait up to ``max_wait_ms`` for up to ``max_batch`` rows; stop once all active
-    clients are in."""
+    """Wait up to ``max_wait_ms`` for up to ``max_batch`` rows; stop once every client
+    still expected (learned from its request period) is in."""
 
     def __init__(self, config: PolicyWorkerConfig) -> None:
         self.max_batch = config.max_batch
         self.max_wait_s = config.max_wait_ms / 1000.0
         self.active_client_s = config.active_client_s
-        self._recent_clients: dict[str, float] = {}
+        self._last_seen: dict[str, float] = {}  # client -> monotonic time of its last request
+        self._period: dict[str, float] = {}  # client -> moving average of its request gaps
         self._rows_per_request = 1
 
     def read_count(self, rows_in_hand: int) -> int:
@@ -52,20 +72,22 @@ class WindowBatcher:
         self, items: list[Pending], read_more: ReadMore, stopping: Callable[[], bool]
     ) -> list[Pending]:
         n_rows = total_rows(items)
-        now = time.monotonic()
-        deadline = now + self.max_wait_s
-        clients = self._note_clients(items, now)
-        expected = self._expected_clients(now)
+        deadline = time.monotonic() + self.max_wait_s
+        clients = self._note_clients(items, time.monotonic())
         # Redis only expires a BLOCK timeout on its next cron tick (up to 1000/hz ms,
         # 100 ms by default), so the window polls without BLOCK instead.
-        while n_rows < self.max_batch and len(clients) < expected and not stopping():
+        while n_rows < self.max_batch and not stopping():
+            now = time.monotonic()
+            due = self._awaited_until(clients, now)
+            if due is None:
+                break  # every client still expected is in the batch
             more = read_more(self.read_count(n_rows))
             if more:
                 items.extend(more)
                 n_rows += total_rows(more)
                 clients |= self._note_clients(more, time.monotonic())
                 continue
-            remaining = deadline - time.monotonic()
+            remaining = min(deadline, due) - time.monotonic()
             if remaining <= 0:
                 break
             time.sleep(min(remaining, _POLL_S))
@@ -81,12 +103,28 @@ class WindowBatcher:
     def _note_clients(self, items: list[Pending], now: float) -> set[str]:
         seen = {p.request.client for p in items if p.request is not None}
         for client in seen:
-            self._recent_clients[client] = now
+            last = self._last_seen.get(client)
+            if last is not None:
+                gap = now - last
+                old = self._period.get(client)
+                self._period[client] = gap if old is None else old + _GAP_WEIGHT * (gap - old)
+            self._last_seen[client] = now
         return seen
 
-    def _expected_clients(self, now: float) -> int:
-        """How many clients sent requests within ``active_client_s`` (at least 1)."""
-        horizon = now - self.active_client_s
-        for client in [c for c, t in self._recent_clients.items() if t < horizon]:
-            del self._recent_clients[client]
-        return max(1, len(self._recent_clients))
+    def _due(self, client: str, now: float) -> float:
+        """Until when ``client`` is expected; forgets clients past ``active_client_s``."""
+        last = self._last_seen[client]
+        if now - last > self.active_client_s:
+            del self._last_seen[client]
+            self._period.pop(client, None)
+            return now
+        period = self._period.get(client)
+        if period is None:
+            return last + self.active_client_s
+        return last + min(self.active_client_s, _PATIENCE * period + _SLACK_S)
+
+    def _awaited_until(self, present: set[str], now: float) -> float | None:
+        """The latest time a client missing from the batch is expected by; None if none is."""
+        due = [self._due(c, now) for c in list(self._last_seen) if c not in present]
+        due = [d for d in due if d > now]
+        return max(due) if due else None

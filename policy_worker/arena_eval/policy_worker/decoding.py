@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from arena_eval.broker import codec, shm, telemetry, transport
+from arena_eval.broker.arrays import Buffers
 from arena_eval.broker.constants import F_DATA, F_REPLY, F_RID, F_SHM
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.fields import as_text
@@ -28,11 +29,17 @@ from arena_eval.policy_worker.entries import Pending
 __all__ = ["admit", "decode", "decode_read", "over_delivered"]
 
 
-def decode_read(resp: Any, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> list[Pending]:
+def decode_read(
+    resp: Any,
+    keys: Keys,
+    spec: PolicySpec,
+    reader: shm.SlotReader,
+    buffers: Buffers | None = None,
+) -> list[Pending]:
     """Every entry of a group read's reply (RESP2 or RESP3), decoded; read now."""
     now = time.time()
     return [
-        decode(Pending(e.stream, e.entry_id, e.fields, now), keys, spec, reader)
+        decode(Pending(e.stream, e.entry_id, e.fields, now), keys, spec, reader, buffers)
         for e in transport.parse_entries(resp)
     ]
 
@@ -45,15 +52,25 @@ def admit(
     keys: Keys,
     spec: PolicySpec,
     reader: shm.SlotReader,
+    buffers: Buffers | None = None,
 ) -> Pending:
     """A reclaimed entry: marked over-delivered if handed out too often, else decoded."""
     if deliveries > max_deliveries:
         return over_delivered(p, keys, deliveries, max_deliveries)
-    return decode(p, keys, spec, reader)
+    return decode(p, keys, spec, reader, buffers)
 
 
-def decode(p: Pending, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> Pending:
-    """Fill ``p.rid``, ``p.reply`` and ``p.request`` (or ``p.error``); time it in ``decode_ms``."""
+def decode(
+    p: Pending,
+    keys: Keys,
+    spec: PolicySpec,
+    reader: shm.SlotReader,
+    buffers: Buffers | None = None,
+) -> Pending:
+    """Fill ``p.rid``, ``p.reply`` and ``p.request`` (or ``p.error``); time it in ``decode_ms``.
+
+    ``buffers`` (the worker's ``DecodeBuffers``) is where lz4 arrays decompress to.
+    """
     t0 = time.perf_counter()
     p.rid = as_text(p.fields.get(F_RID))
     p.reply = as_text(p.fields.get(F_REPLY))
@@ -74,7 +91,7 @@ def decode(p: Pending, keys: Keys, spec: PolicySpec, reader: shm.SlotReader) -> 
             raise ArenaEvalError(
                 f"entry has no payload field (fields: {sorted(as_text(k) for k in p.fields)})"
             )
-        request = InferRequest.from_message(codec.loads(payload))
+        request = InferRequest.from_message(codec.loads(payload, buffers=buffers))
         if p.rid and request.rid != p.rid:
             raise ArenaEvalError("payload rid does not match the entry's rid field")
         n_rows = spec.check_observations(request.obs)

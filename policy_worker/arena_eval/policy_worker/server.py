@@ -65,6 +65,7 @@ from arena_eval.policy_worker import decoding
 from arena_eval.policy_worker.batcher import WindowBatcher
 from arena_eval.policy_worker.batching import total_rows
 from arena_eval.policy_worker.config import PolicyWorkerConfig
+from arena_eval.policy_worker.decode_buffers import DecodeBuffers
 from arena_eval.policy_worker.entries import Pending, answer_commands, by_stream
 from arena_eval.policy_worker.heartbeat import Heartbeat
 from arena_eval.policy_worker.identity import identify
@@ -154,8 +155,9 @@ class PolicyWorker:
         self.group = ConsumerGroup(self._r, self.streams, POLICY_GROUP, self.worker_id)
         self.batcher = (config.batcher or WindowBatcher)(config)
         self._reader = shm.SlotReader()
+        self._buffers = DecodeBuffers()  # lz4 arrays decompress into these, reused
         admit = partial(decoding.admit, max_deliveries=config.max_deliveries, keys=self.keys,
-                        spec=self.spec, reader=self._reader)  # fmt: skip
+                        spec=self.spec, reader=self._reader, buffers=self._buffers)  # fmt: skip
         self.leases = RequestLeases(self.group, config, admit=admit, stats=self.stats)
         self.runner = BatchRunner(
             policy, self.spec, worker_id=self.worker_id, max_batch=config.max_batch,
@@ -274,7 +276,7 @@ class PolicyWorker:
             [self.group.read_command(count, block_ms)],
             timeout_s=_read_timeout(block_ms),
         )
-        return decoding.decode_read(resp, self.keys, self.spec, self._reader)
+        return decoding.decode_read(resp, self.keys, self.spec, self._reader, self._buffers)
 
     # -- answering -------------------------------------------------------------
     def _handle(self, items: list[Pending]) -> list[Pending] | None:
@@ -308,7 +310,7 @@ class PolicyWorker:
                 log.warning("reply/ack command failed: %s", result)
         if not read_next:
             return None
-        return decoding.decode_read(results[-1], self.keys, self.spec, self._reader)
+        return decoding.decode_read(results[-1], self.keys, self.spec, self._reader, self._buffers)
 
     # -- heartbeat -------------------------------------------------------------
     def _beat(self) -> None:

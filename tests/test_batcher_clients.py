@@ -1,0 +1,101 @@
+"""The batch window learns which clients to wait for: a closed client stops holding it open.
+
+Real Redis, a real ``PolicyWorker`` in a thread, real ``PolicyClient``s. The
+window is set far longer than the clients' timeout, so a batch that waited
+for a client that is gone fails the test (``PolicyTimeout``); what is
+asserted is which requests shared a batch, never how long anything took.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from arena_eval.broker.settings import RedisSettings
+from arena_eval.policy_worker.policy import Batch
+from arena_eval.policy_worker.server import PolicyWorker
+from arena_eval.sim_worker.client import PolicyClient
+from tests.policies_for_tests import DIM, EchoPolicy, expected_actions
+
+POOL = "echo"
+
+
+def _rows(value: float) -> np.ndarray:
+    return np.full((2, DIM), value, np.float32)
+
+
+def test_a_closed_client_does_not_hold_the_next_batches_open(settings: RedisSettings) -> None:
+    # 60 s window, clients remembered for 120 s: before, every batch after B closed
+    # waited the whole window for B, and A's requests timed out.
+    worker = PolicyWorker(
+        POOL, EchoPolicy(stall_s=0), settings, max_wait_ms=60_000.0, active_client_s=120.0
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with PolicyClient(POOL, settings, timeout_s=15) as b:
+            for i in range(4):  # B alone: its period is learned
+                np.testing.assert_array_equal(
+                    b.infer({"x": _rows(i)}, [0, 1]), expected_actions(_rows(i))
+                )
+        batched_with = []
+        with PolicyClient(POOL, settings, timeout_s=15) as a:
+            for i in range(3):
+                x = _rows(100 + i)
+                np.testing.assert_array_equal(a.infer({"x": x}, [0, 1]), expected_actions(x))
+                batched_with.append(a.last_timing["batch_requests"])
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert batched_with == [1.0, 1.0, 1.0]
+    assert worker.stats.requests == 7 and worker.stats.batches == 7
+
+
+class SlowEcho(EchoPolicy):
+    """EchoPolicy whose forward pass takes 50 ms: a period of its clients is mostly model time."""
+
+    def infer(self, batch: Batch) -> np.ndarray:
+        time.sleep(0.05)
+        return super().infer(batch)
+
+
+def test_clients_in_lockstep_share_every_batch(settings: RedisSettings) -> None:
+    # Learning periods must not split clients that are all active: each round, the
+    # window waits for both (the 60 s window is never reached).
+    worker = PolicyWorker(POOL, SlowEcho(stall_s=0), settings, max_wait_ms=60_000.0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    rounds, sizes, errors = 8, [[], []], []
+    barrier = threading.Barrier(2)
+
+    def run(index: int) -> None:
+        try:
+            with PolicyClient(POOL, settings, timeout_s=15) as client:
+                barrier.wait()
+                for i in range(rounds):
+                    x = _rows(index * 1000 + i)
+                    np.testing.assert_array_equal(
+                        client.infer({"x": x}, [0, 1]), expected_actions(x)
+                    )
+                    sizes[index].append(client.last_timing["batch_requests"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not errors, errors
+    # The first requests may be served apart (neither client is known yet), and the
+    # pairing may then be one round apart, leaving one client's last request alone;
+    # every round in between shares its batch.
+    assert sizes[0][2:-1] == [2.0] * (rounds - 3) and sizes[1][2:-1] == [2.0] * (rounds - 3)
+    assert worker.stats.requests == 2 * rounds and worker.stats.batches <= rounds + 3
