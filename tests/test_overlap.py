@@ -12,6 +12,7 @@ ends, and, through a whole sim worker, that the unit is retried and then settled
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -246,3 +247,23 @@ def test_an_overlapped_recording_holds_the_same_frames(
     for name, column in sync.frames.items():
         np.testing.assert_array_equal(lanes.frames[name], column, err_msg=name)
     assert lanes.frames["action"].any()  # the expert's actions, not zeros
+
+
+def test_bench_overlap_measures_both_loops_in_one_run(settings: RedisSettings) -> None:
+    pytest.importorskip("metaworld")
+    from typer.testing import CliRunner
+
+    from arena_eval.cli.app import app
+
+    env = {"ARENA_REDIS_URL": settings.url or "", "ARENA_PREFIX": settings.prefix}
+    args = ["bench", "overlap", "--num-envs", "2", "--episodes", "2", "--max-steps", "5",
+            "--rounds", "1", "--json"]  # fmt: skip
+    res = CliRunner().invoke(app, args, env=env)
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    result = json.loads(res.stdout)
+    # figures only, no timing asserted: both loops ran and each sent requests
+    assert result["sync_steps_per_s"] > 0 and result["overlap_steps_per_s"] > 0
+    assert result["sync_round_trip_ms"] > 0 and result["overlap_round_trip_ms"] > 0
+    rates = result["overlap_steps_per_s"] / result["sync_steps_per_s"]
+    assert result["ratio"] == pytest.approx(rates, abs=0.02)
+    assert result["policy_row_ms"] >= 0 and result["env_step_ms"] > 0
