@@ -22,6 +22,7 @@ __all__ = [
     "F_COUNT",
     "F_DATA",
     "F_JOB",
+    "F_OBS",
     "F_REPLY",
     "F_RID",
     "F_SHM",
@@ -29,6 +30,8 @@ __all__ = [
     "KIND_ACTIONS",
     "KIND_ERROR",
     "KIND_INFER",
+    "OBS_STREAM_MAXLEN",
+    "OBS_STREAM_TTL_S",
     "POLICY_GROUP",
     "REPLY_READ_COUNT",
     "REPLY_STREAM_MAXLEN",
@@ -52,6 +55,9 @@ F_REPLY = b"reply"
 F_DATA = b"d"
 #: A shared-memory ticket instead of ``d`` (same-host fast path, see ``shm.py``).
 F_SHM = b"shm"
+#: An observation-stream ticket instead of ``d``: ``<rollout stream key>|<entry id>``; the
+#: payload is that entry's ``d`` (``Keys.rollout_obs``; spreads a pool's bytes over shards).
+F_OBS = b"obs"
 
 # -- message kinds (inside the codec payload) ------------------------------------------------
 KIND_INFER = "infer"
@@ -70,6 +76,11 @@ REQUEST_STREAM_MAXLEN = 10_000
 REPLY_STREAM_MAXLEN = 64
 #: A reply stream expires this long after its last reply (a client that died leaves none).
 REPLY_STREAM_TTL_S = 600
+#: Cap on a rollout's observation stream (approximate; a big entry is a node of its own, so
+#: this trims by entry): a client has one request in flight, a few more cover a reclaim.
+OBS_STREAM_MAXLEN = 4
+#: TTL of a rollout's observation stream, refreshed on every request; DEL when it ends.
+OBS_STREAM_TTL_S = 600
 #: Most replies one client read takes off its reply stream.
 REPLY_READ_COUNT = 16
 

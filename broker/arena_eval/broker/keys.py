@@ -96,6 +96,32 @@ class Keys:
         )
         return client_id if valid else None
 
+    def rollout_obs(self, client_id: str, rollout: str) -> str:
+        """STREAM of one rollout's observation batches (large requests; the pool stream
+        carries tickets). Tagged by client and rollout, so a fleet's bytes spread over the
+        shards of a cluster; capped, with a TTL, deleted when the rollout ends."""
+        owner = check_name("client", client_id)
+        name = check_name("rollout", rollout)
+        if "@" in owner or "@" in name:
+            raise ConfigError(f"client and rollout names may not hold '@': {owner!r}, {name!r}")
+        return f"{self.prefix}rollout:{{{owner}@{name}}}:obs"
+
+    def rollout_obs_client(self, key: str) -> str | None:
+        """The client id a ``rollout_obs`` key belongs to, or None if ``key`` is not one.
+
+        Neither part holds an '@' (host names cannot): the owner is what precedes it.
+        Workers read only keys of this shape, and only their requester's.
+        """
+        head, tail = f"{self.prefix}rollout:{{", "}:obs"
+        if not (key.startswith(head) and key.endswith(tail)):
+            return None
+        owner, dot, rollout = key[len(head) : -len(tail)].partition("@")
+        if not dot or not owner or not rollout:
+            return None
+        if any(c in _FORBIDDEN for c in owner + rollout) or len(owner) > 128:
+            return None
+        return owner
+
     # -- jobs -----------------------------------------------------------------
     def jobs(self) -> str:
         """ZSET of job ids scored by submit time."""

@@ -14,11 +14,12 @@ exception in the serve loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from arena_eval.broker import codec, shm, telemetry, transport
 from arena_eval.broker.arrays import Buffers
-from arena_eval.broker.constants import F_DATA, F_REPLY, F_RID, F_SHM
+from arena_eval.broker.constants import F_DATA, F_OBS, F_REPLY, F_RID, F_SHM
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.fields import as_text
 from arena_eval.broker.keys import Keys
@@ -29,19 +30,39 @@ from arena_eval.policy_worker.entries import Pending
 __all__ = ["admit", "decode", "decode_read", "over_delivered"]
 
 
+#: Fetches observation entries: ``[(stream key, entry id)] -> {(key, id): payload or None}``.
+ObsFetch = Callable[[list[tuple[str, str]]], dict[tuple[str, str], bytes | None]]
+
+
 def decode_read(
     resp: Any,
     keys: Keys,
     spec: PolicySpec,
     reader: shm.SlotReader,
     buffers: Buffers | None = None,
+    fetch: ObsFetch | None = None,
 ) -> list[Pending]:
-    """Every entry of a group read's reply (RESP2 or RESP3), decoded; read now."""
+    """Every entry of a group read's reply (RESP2 or RESP3), decoded; read now.
+
+    The payloads of observation-stream tickets are fetched first, all in one ``fetch``.
+    """
     now = time.time()
-    return [
-        decode(Pending(e.stream, e.entry_id, e.fields, now), keys, spec, reader, buffers)
-        for e in transport.parse_entries(resp)
-    ]
+    pending = [Pending(e.stream, e.entry_id, e.fields, now) for e in transport.parse_entries(resp)]
+    fetched = _prefetch(pending, fetch)
+    return [decode(p, keys, spec, reader, buffers, fetched=fetched) for p in pending]
+
+
+def _prefetch(
+    pending: list[Pending], fetch: ObsFetch | None
+) -> dict[tuple[str, str], bytes | None]:
+    refs = []
+    for p in pending:
+        if F_OBS in p.fields and fetch is not None:
+            try:
+                refs.append(transport.parse_obs_ticket(p.fields[F_OBS]))
+            except ValueError:
+                continue  # decode says why
+    return fetch(refs) if refs and fetch is not None else {}
 
 
 def admit(
@@ -53,11 +74,12 @@ def admit(
     spec: PolicySpec,
     reader: shm.SlotReader,
     buffers: Buffers | None = None,
+    fetch: ObsFetch | None = None,
 ) -> Pending:
     """A reclaimed entry: marked over-delivered if handed out too often, else decoded."""
     if deliveries > max_deliveries:
         return over_delivered(p, keys, deliveries, max_deliveries)
-    return decode(p, keys, spec, reader, buffers)
+    return decode(p, keys, spec, reader, buffers, fetched=_prefetch([p], fetch))
 
 
 def decode(
@@ -66,10 +88,13 @@ def decode(
     spec: PolicySpec,
     reader: shm.SlotReader,
     buffers: Buffers | None = None,
+    *,
+    fetched: Mapping[tuple[str, str], bytes | None] | None = None,
 ) -> Pending:
     """Fill ``p.rid``, ``p.reply`` and ``p.request`` (or ``p.error``); time it in ``decode_ms``.
 
-    ``buffers`` (the worker's ``DecodeBuffers``) is where lz4 arrays decompress to.
+    ``buffers`` (the worker's ``DecodeBuffers``) is where lz4 arrays decompress to;
+    ``fetched`` holds the payloads of observation-stream tickets (``decode_read``).
     """
     t0 = time.perf_counter()
     p.rid = as_text(p.fields.get(F_RID))
@@ -85,6 +110,8 @@ def decode(
                 raise ArenaEvalError("a shared-memory ticket needs its client's reply stream")
             p.ticket = shm.Ticket.from_wire(p.fields[F_SHM], client=owner)
             payload: Any = reader.view(p.ticket)
+        elif F_OBS in p.fields:
+            payload = _observation(p, keys, fetched or {})
         elif F_DATA in p.fields:
             payload = p.fields[F_DATA]
         else:
@@ -102,6 +129,24 @@ def decode(
         p.error = f"{type(exc).__name__}: {exc}"
     p.decode_ms = (time.perf_counter() - t0) * 1e3
     return p
+
+
+def _observation(p: Pending, keys: Keys, fetched: Mapping[tuple[str, str], bytes | None]) -> bytes:
+    """The payload an observation ticket points at; it may only name its requester's stream."""
+    try:
+        ref = transport.parse_obs_ticket(p.fields[F_OBS])
+    except ValueError as exc:
+        raise ArenaEvalError(str(exc)) from None
+    owner = keys.reply_stream_client(p.reply) if p.reply else None
+    if owner is None or keys.rollout_obs_client(ref[0]) != owner:
+        raise ArenaEvalError("an observation ticket may only name its requester's rollout stream")
+    payload = fetched.get(ref)
+    if payload is None:
+        raise ArenaEvalError(
+            f"observation entry {ref[1]} of {ref[0]} is gone (trimmed, expired, or lost in a "
+            "failover); the client sends it again"
+        )
+    return payload
 
 
 def over_delivered(p: Pending, keys: Keys, deliveries: int, max_deliveries: int) -> Pending:

@@ -53,7 +53,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import pool, shm, shm_trust, streams
+from arena_eval.broker import pool, shm, shm_trust, streams, transport
 from arena_eval.broker.chain import open_chain
 from arena_eval.broker.connection import connect, twin
 from arena_eval.broker.constants import POLICY_GROUP
@@ -157,7 +157,8 @@ class PolicyWorker:
         self._reader = shm.SlotReader()
         self._buffers = DecodeBuffers()  # lz4 arrays decompress into these, reused
         admit = partial(decoding.admit, max_deliveries=config.max_deliveries, keys=self.keys,
-                        spec=self.spec, reader=self._reader, buffers=self._buffers)  # fmt: skip
+                        spec=self.spec, reader=self._reader, buffers=self._buffers,
+                        fetch=self._fetch_observations)  # fmt: skip
         self.leases = RequestLeases(self.group, config, admit=admit, stats=self.stats)
         self.runner = BatchRunner(
             policy, self.spec, worker_id=self.worker_id, max_batch=config.max_batch,
@@ -276,7 +277,19 @@ class PolicyWorker:
             [self.group.read_command(count, block_ms)],
             timeout_s=_read_timeout(block_ms),
         )
-        return decoding.decode_read(resp, self.keys, self.spec, self._reader, self._buffers)
+        return decoding.decode_read(
+            resp, self.keys, self.spec, self._reader, self._buffers, self._fetch_observations
+        )
+
+    def _fetch_observations(
+        self, refs: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], bytes | None]:
+        """The payloads observation tickets point at, in one chain (one round trip)."""
+        replies = self._conn.run(
+            [transport.obs_fetch_command(key, entry_id) for key, entry_id in refs],
+            timeout_s=_read_timeout(0),
+        )
+        return {ref: transport.obs_payload(reply) for ref, reply in zip(refs, replies, strict=True)}
 
     # -- answering -------------------------------------------------------------
     def _handle(self, items: list[Pending]) -> list[Pending] | None:
@@ -310,7 +323,10 @@ class PolicyWorker:
                 log.warning("reply/ack command failed: %s", result)
         if not read_next:
             return None
-        return decoding.decode_read(results[-1], self.keys, self.spec, self._reader, self._buffers)
+        return decoding.decode_read(
+            results[-1], self.keys, self.spec, self._reader, self._buffers,
+            self._fetch_observations,
+        )  # fmt: skip
 
     # -- heartbeat -------------------------------------------------------------
     def _beat(self) -> None:

@@ -42,8 +42,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from arena_eval.broker import codec, shm, shm_trust, telemetry, transport
 from arena_eval.broker.chain import open_chain
+from arena_eval.broker.cluster import is_cluster
 from arena_eval.broker.connection import connect, connection_kwargs
-from arena_eval.broker.constants import F_DATA, F_SHM, KIND_ERROR
+from arena_eval.broker.constants import F_DATA, F_OBS, F_SHM, KIND_ERROR
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.pool import live_workers, wait_for_pool
@@ -113,6 +114,12 @@ class PolicyClient:
         self._last_reply_id: bytes = b"0-0"
         self._conn = open_chain(self._r)
         self._slots: list[shm.SlotWriter] = []
+        #: Large requests go through the rollout's observation stream (cluster: by default).
+        self._obs_streams = _obs_mode(self._r)
+        self._rollout = "0"
+        self._obs_used: set[str] = set()
+        self._obs_last = (0, 0)
+        self._split_phases = is_cluster(self._r)
         self._slot_turn = 0
         self._route_checked = 0.0
         self._local_worker = False
@@ -213,8 +220,36 @@ class PolicyClient:
         telemetry.round_trip(self.pool, t_done - t0)
         return actions
 
+    def begin_rollout(self, name: str) -> None:
+        """Large requests from now on go to rollout ``name``'s observation stream (its own
+        hash tag: a fleet's bytes spread over a cluster's shards); the last one's is deleted."""
+        self.keys.rollout_obs(self.client_id, name)  # validates the name
+        self._drop_obs_streams()
+        self._rollout = name
+
+    def _drop_obs_streams(self) -> None:
+        used, self._obs_used = self._obs_used, set()
+        if used:
+            with contextlib.suppress(Exception):  # best effort: they expire anyway
+                self._conn.run([["DEL", key] for key in sorted(used)], timeout_s=1.0)
+
+    def _obs_entry_id(self) -> str:
+        """A new entry id of our own, increasing (the stream is only ours)."""
+        ms = max(int(time.time() * 1000), self._obs_last[0])
+        seq = self._obs_last[1] + 1 if ms == self._obs_last[0] else 0
+        self._obs_last = (ms, seq)
+        return f"{ms}-{seq}"
+
+    def _obs_commands(self, value: Arg) -> tuple[list[list[Arg]], str]:
+        """The commands that put a payload on the rollout's stream, and the ticket to send."""
+        key = self.keys.rollout_obs(self.client_id, self._rollout)
+        self._obs_used.add(key)
+        entry_id = self._obs_entry_id()
+        return transport.obs_commands(key, entry_id, value), transport.obs_ticket(key, entry_id)
+
     def _payload_field(self, parts: list[Any], nbytes: int) -> tuple[bytes, Arg, str]:
-        """(field name, value, stream) for the request: a shm ticket or the inline bytes."""
+        """(field name, value, stream) for the request: a shm ticket or the inline bytes
+        (``obs``: the bytes, which ``_round_trip`` puts on the rollout's stream)."""
         if self._use_shm(nbytes):
             if not self._slots:
                 self._slots = [shm.SlotWriter(self.client_id, i) for i in range(_SLOTS)]
@@ -222,6 +257,8 @@ class PolicyClient:
             self._slot_turn += 1
             ticket = slot.write(parts, nbytes)
             return (F_SHM, ticket.to_wire(), self._host_stream)
+        if self._obs_streams and nbytes >= _obs_min_bytes():
+            return (F_OBS, Parts(parts, nbytes), self._request_stream)
         return (F_DATA, Parts(parts, nbytes), self._request_stream)
 
     def _round_trip(
@@ -244,9 +281,13 @@ class PolicyClient:
                 )
             block_ms = max(1, int(min(remaining, 1.0) * 1000))
             commands: list[list[Arg]] = []
+            first: list[list[Arg]] = []  # the observation entry, before its ticket
             if send:
+                sent_value = value
+                if field == F_OBS:
+                    first, sent_value = self._obs_commands(value)
                 commands.append(
-                    transport.request_command(stream, rid, self.reply_key, field, value)
+                    transport.request_command(stream, rid, self.reply_key, field, sent_value)
                 )
             commands.append(
                 transport.reply_read_command(self.reply_key, self._last_reply_id, block_ms)
@@ -254,7 +295,14 @@ class PolicyClient:
             try:
                 # BLOCK is already capped by the deadline; the margin only runs out on a dead link
                 read_timeout = block_ms / 1000.0 + _READ_MARGIN_S
-                results = self._conn.run(commands, timeout_s=read_timeout)
+                if first and self._split_phases:
+                    # a cluster may hold the entry and its ticket on two nodes: entry first
+                    for reply in self._conn.run(first, timeout_s=read_timeout):
+                        if isinstance(reply, ResponseError):
+                            raise ArenaEvalError(f"Redis refused the observation entry: {reply}")
+                    first = []
+                results = self._conn.run(first + commands, timeout_s=read_timeout)
+                results = results[len(first) :]
             except _CONNECTION_ERRORS as exc:
                 self._conn.drop()
                 if time.monotonic() + backoff >= deadline:
@@ -311,10 +359,11 @@ class PolicyClient:
         return found
 
     def close(self) -> None:
-        """Release the connection, delete the reply stream and the shm slots."""
+        """Release the connection, delete the reply stream, observation streams, shm slots."""
         for slot in self._slots:
             slot.close()
         self._slots = []
+        self._drop_obs_streams()
         # Best effort, bounded: the reply stream expires on its own if Redis is unreachable.
         with contextlib.suppress(Exception):
             command = transport.delete_reply_stream_command(self.reply_key)
@@ -353,6 +402,25 @@ def _row_values(
         raise SpecMismatch(f"{name} has shape {list(arr.shape)}, expected one per row ({rows})")
     out: list[Any] = arr.astype(dtype, copy=False).tolist()
     return out
+
+
+#: Observation streams: ``on``, ``off`` or ``auto`` (on a cluster only; docs/architecture.md).
+ENV_OBS_STREAMS = "ARENA_OBS_STREAMS"
+#: Requests of at least this many bytes use the observation stream when it is on.
+ENV_OBS_STREAM_MIN_BYTES = "ARENA_OBS_STREAM_MIN_BYTES"
+OBS_STREAM_MIN_BYTES = 64 * 1024
+
+
+def _obs_mode(r: redis.Redis) -> bool:
+    mode = os.environ.get(ENV_OBS_STREAMS, "auto").strip().lower()
+    if mode not in ("auto", "on", "off"):
+        raise ArenaEvalError(f"{ENV_OBS_STREAMS} must be auto, on or off, not {mode!r}")
+    return mode == "on" or (mode == "auto" and is_cluster(r))
+
+
+def _obs_min_bytes() -> int:
+    raw = os.environ.get(ENV_OBS_STREAM_MIN_BYTES, "")
+    return int(raw) if raw.isdigit() else OBS_STREAM_MIN_BYTES
 
 
 def _default_compression(r: redis.Redis) -> str:

@@ -197,6 +197,8 @@ class UnitRunner:
         hidden: frozenset[str] = frozenset(),
     ) -> None:
         env, second = envs
+        rollout = f"{job.job_id}.{lease.unit.start}"  # large requests: this unit's own stream
+        self.clients.get(job.spec.pool).begin_rollout(rollout)
         policy = ChunkedPolicy(self.clients.get(job.spec.pool), env.num_envs)
         skipped = lease.episodes_done
         spec = job.spec
@@ -209,6 +211,7 @@ class UnitRunner:
         capture = buffer(env.num_envs)
         twin = None
         if second is not None:
+            self.clients.get(spec.pool, 1).begin_rollout(rollout)
             lane_policy = ChunkedPolicy(self.clients.get(spec.pool, 1), second.num_envs)
             twin = Twin(second, lane_policy, buffer(second.num_envs))
 
