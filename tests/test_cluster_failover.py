@@ -159,3 +159,37 @@ def test_reconcile_requeues_only_the_lost_episodes(
     assert jobs.get_job(r, keys, job_id).state is not JobState.COMPLETED
     assert reconcile.reconcile(r, keys, grace_s=0) == [reconcile.Repair(job_id, True, 0)]
     assert jobs.get_job(r, keys, job_id).state is JobState.COMPLETED
+
+
+def _rollout_streams_by_master(cluster: LocalCluster, prefix: str) -> dict[int, set[bytes]]:
+    seen: dict[int, set[bytes]] = {}
+    for port in cluster.masters():
+        node = redis.Redis(port=port, socket_timeout=2)
+        try:
+            seen[port] = set(node.scan_iter(match=f"{prefix}rollout:*", count=1000))
+        finally:
+            node.close()
+    return seen
+
+
+def test_observation_bytes_of_a_job_land_on_every_master(
+    cluster: LocalCluster, cluster_settings: RedisSettings, fleet: Procs
+) -> None:
+    r = connect(cluster_settings)
+    keys = Keys(cluster_settings.prefix)
+    start_pool(fleet)
+    # every request through the rollout streams, as large (image) requests go by default
+    for _ in range(4):
+        fleet.cli("sim", "serve", "--num-envs", "2", name="sim", ARENA_OBS_STREAM_MIN_BYTES="1")
+    wait_ready(r, keys, fleet, sims=4)
+    job_id = submit(cluster_settings, "--task", TASK, "--pool", POOL, "--episodes", "32",
+                    "--shard-size", "2")  # fmt: skip
+    seen: dict[int, set[bytes]] = {port: set() for port in cluster.masters()}
+    while not jobs.get_job(r, keys, job_id).state.terminal:
+        for port, found in _rollout_streams_by_master(cluster, cluster_settings.prefix).items():
+            seen[port] |= found
+        time.sleep(0.05)
+    assert jobs.get_job(r, keys, job_id).state is JobState.COMPLETED
+    print("rollout streams seen per master:", {p: len(s) for p, s in seen.items()})
+    assert all(seen.values()), seen  # every master held observation streams
+    assert not any(_rollout_streams_by_master(cluster, cluster_settings.prefix).values())

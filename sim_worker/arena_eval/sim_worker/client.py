@@ -227,6 +227,10 @@ class PolicyClient:
         self._drop_obs_streams()
         self._rollout = name
 
+    def end_rollout(self) -> None:
+        """The rollout is over: delete its observation stream (best effort; it expires)."""
+        self._drop_obs_streams()
+
     def _drop_obs_streams(self) -> None:
         used, self._obs_used = self._obs_used, set()
         if used:
