@@ -6,9 +6,13 @@ from contextlib import nullcontext
 
 import typer
 
+from arena_eval.benchmarks.fleet_setup import FleetSetup
 from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
 
 app = typer.Typer(help="Benchmarks that print ratios against a baseline measured in the same run.")
+
+#: ``bench fleet``'s defaults are its workload's (``FleetSetup``), so the two cannot drift.
+_FLEET = FleetSetup()
 
 
 @app.command("latency")
@@ -237,3 +241,48 @@ def decode_cmd(
         print_json(result)
     else:
         console.print(format_table(result), highlight=False, markup=False)
+
+
+@app.command("fleet")
+def fleet_cmd(
+    episodes: int = typer.Option(
+        _FLEET.episodes, "--episodes", min=1, help="Episodes per configuration."
+    ),
+    k: str = typer.Option(
+        ",".join(map(str, _FLEET.ks)), "--k", help="Sim counts K, comma-separated."
+    ),
+    a_ms: float = typer.Option(_FLEET.a_ms, "--a-ms", min=0, help="Forward pass: fixed cost a."),
+    b_ms: float = typer.Option(_FLEET.b_ms, "--b-ms", min=0, help="Forward pass: cost b per row."),
+    num_envs: int = typer.Option(_FLEET.num_envs, "--num-envs", min=2, help="Env slots per sim."),
+    max_steps: int = typer.Option(
+        _FLEET.max_steps, "--max-steps", min=1, help="Steps of every episode."
+    ),
+    task: str = typer.Option(_FLEET.task, "--task", help="Env to step."),
+    max_wait_ms: float | None = typer.Option(
+        None, "--max-wait-ms", min=0, help="Pool batching window.", show_default="the pool's"
+    ),
+    json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
+) -> None:
+    """Episodes/hour of one evaluation: in-process vs seed-style ZeroMQ vs arena-eval (K sims)."""
+    from arena_eval.benchmarks.fleet import format_table, run_fleet
+
+    try:
+        ks = tuple(int(c) for c in k.split(",") if c.strip())
+    except ValueError:
+        raise typer.BadParameter("comma-separated integers, e.g. 1,2,4", param_hint="--k") from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter("at least one K, each >= 1", param_hint="--k")
+    setup = FleetSetup(
+        episodes=episodes, ks=ks, task=task, num_envs=num_envs, max_steps=max_steps,
+        a_ms=a_ms, b_ms=b_ms, max_wait_ms=max_wait_ms,
+    )  # fmt: skip
+    with console.status("measuring...", spinner="dots") if not json_out else nullcontext() as bar:
+        result = run_fleet(
+            setup, settings=settings_for(redis_url),
+            progress=(lambda text: bar.update(f"measuring {text}")) if bar else None,
+        )  # fmt: skip
+    if json_out:
+        print_json(result)
+    else:
+        console.print(format_table(result), highlight=False, markup=False, soft_wrap=True)
