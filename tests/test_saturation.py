@@ -16,7 +16,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from arena_eval.benchmarks.decode_reuse import run_decode_reuse
+from arena_eval.benchmarks.decode_reuse import run_decode_reuse, run_pool_decode
 from arena_eval.benchmarks.policies import AffineCostPolicy
 from arena_eval.broker import lz4_into
 from arena_eval.broker.keys import Keys
@@ -84,7 +84,7 @@ def test_bench_saturation_reports_each_k(settings: RedisSettings) -> None:
 
 
 @pytest.mark.skipif(not lz4_into.available(), reason="no LZ4_decompress_safe")
-def test_bench_decode_compares_both_paths() -> None:
-    result = run_decode_reuse(requests=10)
-    assert result["requests_per_side"] == 10
-    assert result["fresh_decode_ms_p50"] > 0 and result["reused_decode_ms_p50"] > 0
+def test_bench_decode_compares_both_paths(settings: RedisSettings) -> None:
+    for result in (run_decode_reuse(requests=10), run_pool_decode(settings, requests=10)):
+        assert result["requests_per_side"] == 10
+        assert result["fresh_decode_ms_p50"] > 0 and result["reused_decode_ms_p50"] > 0

@@ -14,13 +14,21 @@ Each iteration decodes a fresh copy of the entry bytes, as a worker gets a new
 ``bytes`` from every read. Figures: median ``decode_ms`` (what a reply's
 ``timing`` reports) and minor page faults per decode.
 
-``arena-eval bench decode [--requests 200] [--json]``
+With Redis (``run_pool_decode``), the same comparison end to end: two real
+``PolicyWorker`` threads on two pools, one with its buffers and one without,
+and one ``PolicyClient`` (``transport='redis'``, lz4 ``auto``) alternating
+between them in blocks; the figure is the ``decode_ms`` the replies report,
+measured inside each worker with its real heap.
+
+``arena-eval bench decode [--requests 200] [--no-pool] [--json]``
 """
 
 from __future__ import annotations
 
 import resource
 import statistics
+import threading
+import uuid
 from typing import Any
 
 import numpy as np
@@ -30,10 +38,12 @@ from arena_eval.broker import codec, shm
 from arena_eval.broker.constants import F_DATA, F_REPLY, F_RID
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.protocol import InferRequest
+from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.policy_worker import decoding
 from arena_eval.policy_worker.decode_buffers import DecodeBuffers
 from arena_eval.policy_worker.entries import Pending
+from arena_eval.policy_worker.server import PolicyWorker
 
 _BLOCK = 10
 
@@ -80,6 +90,57 @@ def run_decode_reuse(*, requests: int = 200) -> dict[str, Any]:
     return out
 
 
+def run_pool_decode(settings: RedisSettings, *, requests: int = 100) -> dict[str, Any]:
+    """``decode_ms`` of compressed GR1 in two real workers: fresh buffers vs reused ones."""
+    from arena_eval.benchmarks.policies import FixedLatencyPolicy
+    from arena_eval.sim_worker.client import PolicyClient
+
+    rng = np.random.default_rng(0)
+    frames = np.stack([rendered_scene(rng) for _ in range(FRAMES)])
+    obs = {k: v for k, v in gr1_payload(frames, rng).items() if isinstance(v, np.ndarray)}
+    ids = list(range(FRAMES))
+    tag = uuid.uuid4().hex[:8]
+    workers: dict[str, PolicyWorker] = {}
+    for name in ("fresh", "reused"):
+        w = PolicyWorker(f"bench-dec-{name}-{tag}", FixedLatencyPolicy("0"), settings)
+        if name == "fresh":
+            w._buffers = None  # type: ignore[assignment]  # the path before DecodeBuffers
+        workers[name] = w
+    threads = [threading.Thread(target=w.run, daemon=True) for w in workers.values()]
+    for t in threads:
+        t.start()
+    times: dict[str, list[float]] = {name: [] for name in workers}
+    try:
+        clients = {
+            name: PolicyClient(w.pool, settings, timeout_s=60, transport="redis",
+                               compression="auto")
+            for name, w in workers.items()
+        }  # fmt: skip
+        for client in clients.values():
+            for _ in range(3):
+                client.infer(obs, ids)
+        for _ in range(max(1, requests // _BLOCK)):
+            for name, client in clients.items():
+                for _ in range(_BLOCK):
+                    client.infer(obs, ids)
+                    times[name].append(client.last_timing["decode_ms"])
+        for client in clients.values():
+            client.close()
+    finally:
+        for w in workers.values():
+            w.stop()
+        for t in threads:
+            t.join(10)
+    out: dict[str, Any] = {"requests_per_side": len(times["fresh"])}
+    for name, values in times.items():
+        out[f"{name}_decode_ms_p50"] = round(statistics.median(values), 3)
+        out[f"{name}_decode_ms_mean"] = round(statistics.fmean(values), 3)
+    out["reused_over_fresh_p50"] = round(
+        out["reused_decode_ms_p50"] / out["fresh_decode_ms_p50"], 3
+    )
+    return out
+
+
 def _decode_once(
     fields: dict[bytes, bytes],
     keys: Keys,
@@ -95,7 +156,17 @@ def _decode_once(
 
 
 def format_table(result: dict[str, Any]) -> str:
+    pool = result.get("pool")
     lines = [
+        *(
+            [
+                f"in two real workers through Redis, {pool['requests_per_side']} requests "
+                f"each: decode_ms p50 fresh {pool['fresh_decode_ms_p50']:.3f}, reused "
+                f"{pool['reused_decode_ms_p50']:.3f} ({pool['reused_over_fresh_p50']:.2f}x)"
+            ]
+            if pool
+            else []
+        ),
         f"compressed GR1 request, {result['wire_bytes'] / 1e6:.2f} MB on the wire, "
         f"{result['requests_per_side']} decodes per side, alternating",
         f"{'':8s} {'p50 ms':>8s} {'mean ms':>8s} {'faults/decode':>14s}",

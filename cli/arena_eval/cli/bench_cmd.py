@@ -231,12 +231,16 @@ def saturation_cmd(
 @app.command("decode")
 def decode_cmd(
     requests: int = typer.Option(200, "--requests", help="Decodes per side."),
+    no_pool: bool = typer.Option(False, "--no-pool", help="In-process only, no workers."),
     json_out: bool = JSON_OPTION,
+    redis_url: str | None = REDIS_URL_OPTION,
 ) -> None:
     """A worker's decode of compressed GR1: fresh buffers vs its reused ones, alternating."""
-    from arena_eval.benchmarks.decode_reuse import format_table, run_decode_reuse
+    from arena_eval.benchmarks.decode_reuse import format_table, run_decode_reuse, run_pool_decode
 
     result = run_decode_reuse(requests=requests)
+    if not no_pool:
+        result["pool"] = run_pool_decode(settings_for(redis_url), requests=requests // 2)
     if json_out:
         print_json(result)
     else:
