@@ -14,7 +14,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from arena_eval.benchmarks.fleet import format_table
+from arena_eval.benchmarks.fleet import batching_ceiling, format_table
 from arena_eval.benchmarks.fleet_arena import run_arena
 from arena_eval.benchmarks.fleet_seed import run_seed
 from arena_eval.benchmarks.fleet_setup import FleetSetup
@@ -56,11 +56,18 @@ def test_bench_fleet_runs_every_configuration(settings: RedisSettings) -> None:
         assert 1.0 <= run["mean_batch_rows"] <= 2.0, run
     (ratios,) = result["ratios"]
     assert set(ratios) == {"k", "overlap_per_core_vs_a", "sync_per_core_vs_a", "sync_vs_b",
-                           "overlap_vs_b"}  # fmt: skip
+                           "overlap_vs_b", "ceiling_vs_b"}  # fmt: skip
+    assert ratios["ceiling_vs_b"] == 1.0  # one sim: nothing to batch with
     table = format_table(result).splitlines()
     assert table[1].split()[:3] == ["configuration", "K", "episodes/h"]
     assert [line.split(")")[0] for line in table[2:6]] == ["(a", "(b", "(c", "(c"]
     assert "(c)+overlap per sim core / (a)" in table[7] and "per sim core =" in table[8]
+
+
+def test_the_batching_ceiling() -> None:
+    """K (a + b N) / (a + b K N): 4 x 23.2 / 32.8 for the default workload."""
+    assert batching_ceiling(FleetSetup(), 4) == pytest.approx(4 * 23.2 / 32.8)
+    assert batching_ceiling(FleetSetup(a_ms=20, b_ms=0), 4) == pytest.approx(4.0)
 
 
 def test_the_workload_is_checked() -> None:

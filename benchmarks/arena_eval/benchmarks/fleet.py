@@ -88,17 +88,25 @@ def run_fleet(
         for overlap in (False, True):
             say(f"(c) arena-eval{' + overlap' if overlap else ''}, K={k}")
             rows.append(run_arena(setup, k, overlap=overlap, settings=settings))
-    return {"setup": setup.describe(), "runs": rows, "ratios": ratios(rows)}
+    return {"setup": setup.describe(), "runs": rows, "ratios": ratios(rows, setup)}
 
 
-def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per K: (c)+overlap per sim core / (a), and (c), (c)+overlap episodes/h / (b)."""
+def batching_ceiling(setup: FleetSetup, k: int) -> float:
+    """The most (c) can beat (b) by with K sims when the model is the bottleneck: one pass of
+    all K sims' rows against K one-sim passes, ``K (a + b N) / (a + b K N)``."""
+    a, b, n = setup.a_ms, setup.b_ms, setup.num_envs
+    return k * (a + b * n) / (a + b * k * n) if a + b * n > 0 else float(k)
+
+
+def ratios(rows: list[dict[str, Any]], setup: FleetSetup) -> list[dict[str, Any]]:
+    """Per K: (c)+overlap per sim core / (a), and (c), (c)+overlap episodes/h / (b), with the
+    batching ceiling of the latter."""
     by = {(r["config"], r["k"]): r for r in rows}
     a = by.get(("a", 1))
     out = []
     for k in sorted({r["k"] for r in rows if r["config"] != "a"}):
         b, c, co = by.get(("b", k)), by.get(("c", k)), by.get(("c+overlap", k))
-        entry: dict[str, Any] = {"k": k}
+        entry: dict[str, Any] = {"k": k, "ceiling_vs_b": round(batching_ceiling(setup, k), 2)}
         if a and co and a["per_sim_core"]:
             entry["overlap_per_core_vs_a"] = round(co["per_sim_core"] / a["per_sim_core"], 2)
         if a and c and a["per_sim_core"]:
@@ -141,12 +149,14 @@ def format_table(result: dict[str, Any]) -> str:
             parts.append(f"(c) / (b) = {q['sync_vs_b']:.2f}x")
         if "overlap_vs_b" in q:
             parts.append(f"(c)+overlap / (b) = {q['overlap_vs_b']:.2f}x")
+        parts.append(f"batching ceiling / (b) = {q['ceiling_vs_b']:.2f}x")
         lines.append(f"  K={q['k']}: " + "; ".join(parts))
     lines.append(
         f"per sim core = episodes/h / min(K, {s['cpu_cores']} CPU cores) ((a): / 1); model "
         "busy = time in the forward pass / wall; sim busy = env stepping / (K x wall); wait "
-        "ms = a sim's mean wait for one answer; targets: (c)+overlap per sim core >= 0.8x "
-        "(a), (c) >= 3x (b) at K=4"
+        "ms = a sim's mean wait for one answer; batching ceiling = K (a + b N) / (a + b K N), "
+        "N env slots per sim; targets: (c)+overlap per sim core >= 0.8x (a), (c) >= 3x (b) at "
+        "K=4"
     )
     return "\n".join(lines)
 

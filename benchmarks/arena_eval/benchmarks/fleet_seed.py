@@ -83,7 +83,13 @@ def run_seed(setup: FleetSetup, k: int) -> dict[str, Any]:
 
 
 def _line(proc: Any) -> str:
-    return str(proc.stdout.readline()).strip()
+    """The child's next line of ours (``ready`` or a JSON object), skipping any other output
+    a library printed; "" at end of file."""
+    for raw in proc.stdout:
+        line = str(raw).strip()
+        if line == _READY or line.startswith("{"):
+            return line
+    return ""
 
 
 def _server(port: int, a_ms: str, b_ms: str, action_shape: str) -> None:
