@@ -96,6 +96,8 @@ def _point(
             first = _next_heartbeat(r, keys, pool)
             time.sleep(seconds)
             last = _next_heartbeat(r, keys, pool)
+        except threading.BrokenBarrierError:
+            pass  # a sim failed: its error is raised below
         finally:
             stop.set()
             for t in threads:
