@@ -57,8 +57,9 @@ class PolicyWorkerConfig:
     #: Seconds inside one ``infer`` after which the worker counts as hung and stops renewing
     #: its leases, so that live workers take its requests over.
     hung_after_s: float = 300.0
-    #: A client that sent a request within this many seconds counts as active: the batch
-    #: window closes early once every active client has a request in it.
+    #: The longest a client counts as active after its last request: the batch window
+    #: closes early once every active client has a request in it. A client with a learned
+    #: request period is active for two periods + 20 ms at most (``batcher.py``).
     active_client_s: float = 1.0
     #: The batching policy, a ``batcher.Batcher`` class taking this config;
     #: None: ``batcher.WindowBatcher`` (the ``max_wait_ms`` window described above).
