@@ -71,6 +71,7 @@ def run_arena(
             job = _finish(kids, r, keys, _spec(setup, pool, setup.episodes, seed=0))
             after = _heartbeat(kids, r, keys, pool, job.finished or time.time())
         stats = results.checked_stats(results.read_stats(r, keys, job.job_id), "stats", [])
+        jobs.prune(r, keys, 0.0)  # the run's jobs are its own: leave none behind
     finally:
         r.close()
 

@@ -28,7 +28,10 @@ from arena_eval.broker.episode import EpisodeResult
 from arena_eval.broker.metrics import SIM_MS_FIELD, SUM_PREFIX
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.policy_worker.policy import Batch, Policy
+from arena_eval.sim_worker.chunking import ChunkedPolicy
+from arena_eval.sim_worker.client import PolicyClient
 from arena_eval.sim_worker.envs.base import VectorEnv
+from arena_eval.sim_worker.rollout import RolloutStats, run_episodes
 
 ROUND_TRIP = f"{SUM_PREFIX}round_trip_ms"
 
@@ -131,10 +134,6 @@ def rollout(
 ) -> RolloutFigures:
     """Run episodes ``indices`` (seed = index, as a job with seed 0) through the sim worker's
     rollout loop with ``client`` under its chunk buffers; the clock starts at the first reset."""
-    from arena_eval.sim_worker.chunking import ChunkedPolicy
-    from arena_eval.sim_worker.client import PolicyClient
-    from arena_eval.sim_worker.rollout import RolloutStats, run_episodes
-
     out = RolloutFigures()
 
     def sink(batch: list[EpisodeResult], stats: RolloutStats) -> None:

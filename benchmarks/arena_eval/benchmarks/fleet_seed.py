@@ -6,9 +6,9 @@ bytes) that answers one request at a time, so the K sims queue for the model. Th
 runs the same ``AffineCostPolicy`` as the pool and times its forward passes like a policy
 worker does; it prints those counts when it is told to stop.
 
-The sims build their envs and connect first, print ``ready``, and start together when the
-parent writes ``go``; each prints its ``RolloutFigures`` (with the time its last episode
-ended) as one JSON line. Sim ``i`` of K runs episodes ``i, i + K, i + 2K, ...``.
+The server (its imports done) and the sims (their envs built) print ``ready``, and the sims
+start together when the parent writes ``go``; each prints its ``RolloutFigures`` (with the
+time its last episode ended) as one JSON line. Sim ``i`` of K runs episodes ``i, i + K, ...``.
 
 ``python -m arena_eval.benchmarks.fleet_seed server PORT A_MS B_MS ACTION_SHAPE`` and
 ``python -m arena_eval.benchmarks.fleet_seed sim PORT TASK NUM_ENVS MAX_STEPS ACTION_DIM
@@ -47,9 +47,9 @@ def run_seed(setup: FleetSetup, k: int) -> dict[str, Any]:
             kids.start([*sim_args, str(i), str(k), str(setup.episodes)], pipes=True)
             for i in range(k)
         ]
-        for sim in sims:
-            if _line(sim) != _READY:
-                raise kids.failed(sim, "a seed-style sim did not start")
+        for proc in (server, *sims):
+            if _line(proc) != _READY:
+                raise kids.failed(proc, "a seed-style process did not start")
         t0 = time.time()
         for sim in sims:
             assert sim.stdin is not None
@@ -103,6 +103,7 @@ def _server(port: int, a_ms: str, b_ms: str, action_shape: str) -> None:
     def infer(obs: dict[bytes, Any]) -> Any:
         return clock.timed(policy, {k.decode(): v for k, v in obs.items()})
 
+    print(_READY, flush=True)  # imports done; the bind is next, and REQ sockets queue until it
     serve(port, "seed", policy=infer)
     print(json.dumps({"infer_s": clock.infer_s, "batches": clock.batches, "rows": clock.rows}))
 
