@@ -161,15 +161,18 @@ def test_reconcile_requeues_only_the_lost_episodes(
     assert jobs.get_job(r, keys, job_id).state is JobState.COMPLETED
 
 
-def _rollout_streams_by_master(cluster: LocalCluster, prefix: str) -> dict[int, set[bytes]]:
-    seen: dict[int, set[bytes]] = {}
+def _blob_traffic(cluster: LocalCluster) -> dict[int, tuple[int, int]]:
+    """Per master: (GET calls, bytes received). Only blobs are read with GET on a sim
+    worker's path (pool specs too, rarely, on the pool's master)."""
+    out = {}
     for port in cluster.masters():
         node = redis.Redis(port=port, socket_timeout=2)
         try:
-            seen[port] = set(node.scan_iter(match=f"{prefix}rollout:*", count=1000))
+            gets = node.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
+            out[port] = (int(gets), int(node.info("stats")["total_net_input_bytes"]))
         finally:
             node.close()
-    return seen
+    return out
 
 
 def test_observation_bytes_of_a_job_land_on_every_master(
@@ -178,18 +181,20 @@ def test_observation_bytes_of_a_job_land_on_every_master(
     r = connect(cluster_settings)
     keys = Keys(cluster_settings.prefix)
     start_pool(fleet)
-    # every request through the rollout streams, as large (image) requests go by default
+    # every request a blob, as large (camera) requests are by default
     for _ in range(4):
-        fleet.cli("sim", "serve", "--num-envs", "2", name="sim", ARENA_OBS_STREAM_MIN_BYTES="1")
+        fleet.cli("sim", "serve", "--num-envs", "2", name="sim", ARENA_BLOB_MIN_BYTES="1")
     wait_ready(r, keys, fleet, sims=4)
+    before = _blob_traffic(cluster)
     job_id = submit(cluster_settings, "--task", TASK, "--pool", POOL, "--episodes", "32",
                     "--shard-size", "2")  # fmt: skip
-    seen: dict[int, set[bytes]] = {port: set() for port in cluster.masters()}
-    while not jobs.get_job(r, keys, job_id).state.terminal:
-        for port, found in _rollout_streams_by_master(cluster, cluster_settings.prefix).items():
-            seen[port] |= found
-        time.sleep(0.05)
+    _wait_completed(r, keys, job_id, fleet)
+    after = _blob_traffic(cluster)
     assert jobs.get_job(r, keys, job_id).state is JobState.COMPLETED
-    print("rollout streams seen per master:", {p: len(s) for p, s in seen.items()})
-    assert all(seen.values()), seen  # every master held observation streams
-    assert not any(_rollout_streams_by_master(cluster, cluster_settings.prefix).values())
+    requests = int(results.read_stats(r, keys, job_id)["requests"])
+    gets = {p: after[p][0] - before[p][0] for p in after}
+    received = {p: after[p][1] - before[p][1] for p in after}
+    print(f"{requests} requests; blob GETs per master: {gets}; bytes received: {received}")
+    assert sum(gets.values()) >= requests  # every request's payload was a blob
+    assert all(n >= 0.05 * requests for n in gets.values()), gets  # on every master
+    assert not list(r.scan_iter(match=f"{cluster_settings.prefix}rollout:*"))  # all deleted

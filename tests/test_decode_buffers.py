@@ -108,7 +108,7 @@ def test_a_held_observation_is_never_overwritten(settings: RedisSettings) -> Non
     assert len(policy.held) == len(sends)
     for held, sent in zip(policy.held, sends, strict=True):
         np.testing.assert_array_equal(held, sent)  # later requests did not write over it
-    assert worker._buffers.allocated >= len(sends) and worker._buffers.reused == 0
+    assert worker.decoder.buffers.allocated >= len(sends) and worker.decoder.buffers.reused == 0
 
 
 @needs_lz4_into
@@ -116,4 +116,4 @@ def test_the_worker_reuses_its_decode_buffers(settings: RedisSettings) -> None:
     sends = [np.full((3, DIM), float(i), np.float32) for i in range(6)]
     worker = PolicyWorker(POOL, EchoPolicy(stall_s=0), settings, max_wait_ms=1.0)
     _serve(worker, sends, settings)
-    assert worker._buffers.reused >= len(sends) - 2 and worker._buffers.allocated <= 2
+    assert worker.decoder.buffers.reused >= len(sends) - 2 and worker.decoder.buffers.allocated <= 2

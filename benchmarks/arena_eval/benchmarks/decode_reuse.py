@@ -104,7 +104,7 @@ def run_pool_decode(settings: RedisSettings, *, requests: int = 100) -> dict[str
     for name in ("fresh", "reused"):
         w = PolicyWorker(f"bench-dec-{name}-{tag}", FixedLatencyPolicy("0"), settings)
         if name == "fresh":
-            w._buffers = None  # type: ignore[assignment]  # the path before DecodeBuffers
+            w.decoder.buffers = None  # the path before DecodeBuffers
         workers[name] = w
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers.values()]
     for t in threads:

@@ -165,7 +165,7 @@ def run_latency(
                     fabric.append((time.perf_counter() - t0) * 1e3)
                     timings.append(client.last_timing)
                 done += n
-            route = "shm" if client._slots else "redis"
+            route = client.route.last  # shm, blob or inline
         finally:
             client.close()
             zmq_client.close()

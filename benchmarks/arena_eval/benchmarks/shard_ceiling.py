@@ -1,19 +1,20 @@
-"""One shard's ceiling for one pool, and the round trip of observation streams vs inline.
+"""One shard's ceiling for one pool, and the round trip of blobs vs inline stream entries.
 
 Why: on a cluster a pool's request stream is one key, so one shard carries all of
 a pool's request traffic. Redis runs commands on one thread, so a shard's
 ceiling is what one CPU-second of its server process buys: this drives a pool
-stream with the exact per-request commands that land on the pool's shard
-(client ``XADD``; worker ``XREADGROUP`` in batches, ``XACK``, ``XDEL``) and
-divides the count by the server's CPU time (``/proc/<pid>/stat``, so the query
+stream with the exact per-request commands that land on the pool's shard (the
+client's request, the worker's batched group read, acknowledgement and
+deletion, all built by ``broker/transport.py``) and divides the count by the
+server's CPU time (``/proc/<pid>/stat``, so the query
 buffer, the listpack and the socket writes are all counted, not only the
 command time ``INFO commandstats`` sees). Small requests give requests/s;
 inline camera batches give MB/s. The server must run on this machine.
 
 It also measures a real ``PolicyClient`` -> ``PolicyWorker`` round trip of a
-large request with observation streams off (inline in the pool stream) and on
-(the rollout's stream plus a ticket), interleaved in one run, on the server
-given and on a cluster when ``--cluster-url`` is given.
+large request with blobs off (inline in the pool stream) and on (a blob keyed
+by rollout plus a ticket), interleaved in one run, on the server given and on
+a cluster when ``--cluster-url`` is given.
 
     python3 -m arena_eval.benchmarks.shard_ceiling --redis-url redis://127.0.0.1:6379/0 \\
         [--cluster-url redis://127.0.0.1:7000/0]
@@ -29,17 +30,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import redis
 
 from arena_eval.benchmarks.payloads import make_payload, payload_bytes
+from arena_eval.broker import streams, transport
 from arena_eval.broker.connection import connect
+from arena_eval.broker.constants import F_DATA
 from arena_eval.broker.keys import Keys
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.policy_worker.builtins.simple import ZeroPolicy
 from arena_eval.policy_worker.server import PolicyWorker
-from arena_eval.sim_worker.client import ENV_OBS_STREAMS, PolicyClient
+from arena_eval.sim_worker.client import PolicyClient
+from arena_eval.sim_worker.payload_route import ENV_BLOBS
 
 _GROUP = "ceiling"
 _BATCH = 64
@@ -55,22 +58,26 @@ def server_cpu_s(r: redis.Redis) -> float:
 
 def pool_shard_load(r: redis.Redis, payload: bytes, n: int) -> tuple[float, float]:
     """(requests per server CPU-second, server CPU seconds) for ``n`` requests of ``payload``."""
-    stream = Keys(f"bc{secrets.token_hex(3)}:").pool_requests("ceiling")
-    r.xgroup_create(stream, _GROUP, id="0", mkstream=True)
+    keys = Keys(f"bc{secrets.token_hex(3)}:")
+    stream = keys.pool_requests("ceiling")
+    reply = keys.reply_stream("bench")
+    streams.ensure_group(r, stream, _GROUP)
     cpu0 = server_cpu_s(r)
     sent = 0
     while sent < n:
         batch = min(_BATCH, n - sent)
         pipe = r.pipeline(transaction=False)
-        for _ in range(batch):
-            pipe.xadd(stream, {"rid": "r" * 32, "reply": "c" * 40, "d": payload})
+        for i in range(batch):
+            pipe.execute_command(
+                *transport.request_command(stream, f"r{sent + i:031d}", reply, F_DATA, payload)
+            )
         pipe.execute()
         sent += batch
-        got: Any = r.xreadgroup(_GROUP, "w", {stream: ">"}, count=batch)
-        ids = [eid for _, entries in got for eid, _ in entries]
+        read = r.execute_command(*transport.group_read_command(_GROUP, "w", [stream], batch, None))
+        ids = [e.entry_id for e in transport.parse_entries(read)]
         pipe = r.pipeline(transaction=False)
-        pipe.xack(stream, _GROUP, *ids)
-        pipe.xdel(stream, *ids)
+        for command in transport.ack_delete_commands(_GROUP, {stream: ids}):
+            pipe.execute_command(*command)
         pipe.execute()
     cpu = server_cpu_s(r) - cpu0
     r.delete(stream)
@@ -90,18 +97,18 @@ def _worker(settings: RedisSettings, pool: str) -> Iterator[None]:
 
 
 def round_trips(url: str, kind: str, rounds: int) -> dict[str, float]:
-    """p50 round trip (ms) of one ``kind`` request, inline vs observation stream, interleaved."""
+    """p50 round trip (ms) of one ``kind`` request, inline vs blob, interleaved."""
     settings = RedisSettings(url=url, prefix=f"bc{secrets.token_hex(3)}:")
     pool = "ceiling"
     obs = make_payload(kind)
     ids = list(range(len(next(iter(obs.values())))))
-    out: dict[str, list[float]] = {"inline": [], "obs-stream": []}
+    out: dict[str, list[float]] = {"inline": [], "blob": []}
     with _worker(settings, pool):
         clients = {}
-        for mode, env in (("inline", "off"), ("obs-stream", "on")):
-            os.environ[ENV_OBS_STREAMS] = env
+        for mode, env in (("inline", "off"), ("blob", "on")):
+            os.environ[ENV_BLOBS] = env
             clients[mode] = PolicyClient(pool, settings, transport="redis", timeout_s=30)
-        os.environ.pop(ENV_OBS_STREAMS, None)
+        os.environ.pop(ENV_BLOBS, None)
         try:
             for i in range(rounds + 3):
                 for mode, client in clients.items():
@@ -145,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             nbytes = payload_bytes(make_payload(kind))
             p50 = round_trips(target, kind, a.rounds)
             print(f"round trip {kind} ({nbytes / 1e6:.1f} MB) on {name}: inline "
-                  f"{p50['inline']:.2f} ms, observation stream {p50['obs-stream']:.2f} ms "
-                  f"({p50['obs-stream'] / p50['inline']:.2f}x)")  # fmt: skip
+                  f"{p50['inline']:.2f} ms, blob {p50['blob']:.2f} ms "
+                  f"({p50['blob'] / p50['inline']:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ __all__ = [
     "KIND_ACTIONS",
     "KIND_ERROR",
     "KIND_INFER",
-    "OBS_STREAM_MAXLEN",
-    "OBS_STREAM_TTL_S",
+    "OBS_BLOB_TTL_MS",
     "POLICY_GROUP",
     "REPLY_READ_COUNT",
     "REPLY_STREAM_MAXLEN",
@@ -55,8 +54,8 @@ F_REPLY = b"reply"
 F_DATA = b"d"
 #: A shared-memory ticket instead of ``d`` (same-host fast path, see ``shm.py``).
 F_SHM = b"shm"
-#: An observation-stream ticket instead of ``d``: ``<rollout stream key>|<entry id>``; the
-#: payload is that entry's ``d`` (``Keys.rollout_obs``; spreads a pool's bytes over shards).
+#: A blob ticket instead of ``d``: the key of the STRING that holds the payload
+#: (``Keys.rollout_obs``: tagged by rollout, so a pool's bytes spread over a cluster's shards).
 F_OBS = b"obs"
 
 # -- message kinds (inside the codec payload) ------------------------------------------------
@@ -76,11 +75,9 @@ REQUEST_STREAM_MAXLEN = 10_000
 REPLY_STREAM_MAXLEN = 64
 #: A reply stream expires this long after its last reply (a client that died leaves none).
 REPLY_STREAM_TTL_S = 600
-#: Cap on a rollout's observation stream (approximate; a big entry is a node of its own, so
-#: this trims by entry): a client has one request in flight, a few more cover a reclaim.
-OBS_STREAM_MAXLEN = 4
-#: TTL of a rollout's observation stream, refreshed on every request; DEL when it ends.
-OBS_STREAM_TTL_S = 600
+#: TTL of a request's payload blob; the worker that answers deletes it at once, the TTL only
+#: bounds what a request nobody answers leaves behind.
+OBS_BLOB_TTL_MS = 600_000
 #: Most replies one client read takes off its reply stream.
 REPLY_READ_COUNT = 16
 

@@ -96,15 +96,15 @@ class Keys:
         )
         return client_id if valid else None
 
-    def rollout_obs(self, client_id: str, rollout: str) -> str:
-        """STREAM of one rollout's observation batches (large requests; the pool stream
-        carries tickets). Tagged by client and rollout, so a fleet's bytes spread over the
-        shards of a cluster; capped, with a TTL, deleted when the rollout ends."""
+    def rollout_obs(self, client_id: str, rollout: str, seq: int) -> str:
+        """STRING with a TTL: the payload of large request ``seq`` of one rollout (the pool
+        stream carries its key as a ticket; the worker that answers deletes it). Tagged by
+        client and rollout, so a fleet's bytes spread over the shards of a cluster."""
         owner = check_name("client", client_id)
         name = check_name("rollout", rollout)
         if "@" in owner or "@" in name:
             raise ConfigError(f"client and rollout names may not hold '@': {owner!r}, {name!r}")
-        return f"{self.prefix}rollout:{{{owner}@{name}}}:obs"
+        return f"{self.prefix}rollout:{{{owner}@{name}}}:obs:{int(seq)}"
 
     def rollout_obs_client(self, key: str) -> str | None:
         """The client id a ``rollout_obs`` key belongs to, or None if ``key`` is not one.
@@ -112,13 +112,14 @@ class Keys:
         Neither part holds an '@' (host names cannot): the owner is what precedes it.
         Workers read only keys of this shape, and only their requester's.
         """
-        head, tail = f"{self.prefix}rollout:{{", "}:obs"
-        if not (key.startswith(head) and key.endswith(tail)):
+        head = f"{self.prefix}rollout:{{"
+        body, sep, seq = key[len(head) :].rpartition("}:obs:")
+        if not key.startswith(head) or not sep or not seq.isdigit() or len(seq) > 20:
             return None
-        owner, dot, rollout = key[len(head) : -len(tail)].partition("@")
-        if not dot or not owner or not rollout:
+        owner, at, rollout = body.partition("@")
+        if not at or not owner or not rollout:
             return None
-        if any(c in _FORBIDDEN for c in owner + rollout) or len(owner) > 128:
+        if any(c in _FORBIDDEN or c == "@" for c in owner + rollout) or len(owner) > 128:
             return None
         return owner
 

@@ -26,7 +26,6 @@ field list into a dict).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -44,8 +43,7 @@ from arena_eval.broker.constants import (
     F_DATA,
     F_REPLY,
     F_RID,
-    OBS_STREAM_MAXLEN,
-    OBS_STREAM_TTL_S,
+    OBS_BLOB_TTL_MS,
     REPLY_READ_COUNT,
     REPLY_STREAM_MAXLEN,
     REPLY_STREAM_TTL_S,
@@ -54,8 +52,6 @@ from arena_eval.broker.constants import (
 from arena_eval.broker.fields import as_text
 from arena_eval.broker.wire import Arg
 
-_ENTRY_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-
 __all__ = [
     "Entry",
     "ack_delete_commands",
@@ -63,9 +59,9 @@ __all__ = [
     "delete_reply_stream_command",
     "group_read_command",
     "obs_commands",
+    "obs_delete_commands",
     "obs_fetch_command",
     "obs_payload",
-    "obs_ticket",
     "parse_entries",
     "parse_obs_ticket",
     "reply_commands",
@@ -93,40 +89,33 @@ def request_command(stream: str, rid: str, reply_key: str, field: bytes, value: 
             F_RID, rid, F_REPLY, reply_key, field, value]  # fmt: skip
 
 
-def obs_commands(obs_key: str, entry_id: str, value: Arg) -> list[list[Arg]]:
-    """XADD a large request's payload to its rollout's observation stream (capped, with the
-    client's own increasing ``entry_id``), and refresh the stream's TTL."""
-    return [
-        ["XADD", obs_key, "MAXLEN", "~", OBS_STREAM_MAXLEN, entry_id, F_DATA, value],
-        ["EXPIRE", obs_key, OBS_STREAM_TTL_S],
-    ]
+def obs_commands(blob_key: str, value: Arg) -> list[list[Arg]]:
+    """SET a large request's payload as a blob with a TTL (the query buffer becomes the value:
+    no copy into a stream listpack, see docs/architecture.md "Large requests")."""
+    return [["SET", blob_key, value, "PX", OBS_BLOB_TTL_MS]]
 
 
-def obs_ticket(obs_key: str, entry_id: str) -> str:
-    """The ``obs`` field of the pool-stream entry that points at an observation entry."""
-    return f"{obs_key}|{entry_id}"
+def parse_obs_ticket(value: bytes | str) -> str:
+    """The blob key an ``obs`` field names (ValueError if it cannot be a key)."""
+    key = as_text(value)
+    if not key or len(key) > 1024 or any(c in key for c in " \r\n"):
+        raise ValueError(f"malformed blob ticket {key[:200]!r}")
+    return key
 
 
-def parse_obs_ticket(value: bytes | str) -> tuple[str, str]:
-    """``(observation stream key, entry id)`` of an ``obs`` field (ValueError if malformed)."""
-    key, bar, entry_id = as_text(value).rpartition("|")
-    if not bar or not key or not _ENTRY_ID.fullmatch(entry_id):
-        raise ValueError(f"malformed observation ticket {as_text(value)[:200]!r}")
-    return key, entry_id
-
-
-def obs_fetch_command(obs_key: str, entry_id: str) -> list[Arg]:
-    """XRANGE of exactly one observation entry."""
-    return ["XRANGE", obs_key, entry_id, entry_id]
+def obs_fetch_command(blob_key: str) -> list[Arg]:
+    """GET a request's blob (not GETDEL: a request reclaimed after a crash needs it again)."""
+    return ["GET", blob_key]
 
 
 def obs_payload(resp: Any) -> bytes | None:
-    """The ``d`` payload of an ``obs_fetch_command`` reply; None when the entry is gone."""
-    if isinstance(resp, ResponseError) or not resp:
-        return None
-    _, flat = resp[0]
-    value = _field_dict(flat).get(F_DATA)
-    return value if isinstance(value, bytes) else None
+    """The payload of an ``obs_fetch_command`` reply; None when the blob is gone."""
+    return resp if isinstance(resp, bytes) else None
+
+
+def obs_delete_commands(blob_keys: Iterable[str]) -> list[list[Arg]]:
+    """DEL answered requests' blobs, one command each (on a cluster each has its own slot)."""
+    return [["DEL", key] for key in blob_keys]
 
 
 def reply_read_command(reply_key: str, after_id: bytes | str, block_ms: int) -> list[Arg]:

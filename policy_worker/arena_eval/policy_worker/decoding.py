@@ -19,6 +19,7 @@ from typing import Any
 
 from arena_eval.broker import codec, shm, telemetry, transport
 from arena_eval.broker.arrays import Buffers
+from arena_eval.broker.chain import ChainConnection
 from arena_eval.broker.constants import F_DATA, F_OBS, F_REPLY, F_RID, F_SHM
 from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.fields import as_text
@@ -27,11 +28,22 @@ from arena_eval.broker.protocol import InferRequest
 from arena_eval.broker.spec import PolicySpec
 from arena_eval.policy_worker.entries import Pending
 
-__all__ = ["admit", "decode", "decode_read", "over_delivered"]
+#: Socket timeout of a blob fetch (no blocking command: only a dead link takes this long).
+_FETCH_S = 5.0
+
+__all__ = [
+    "Decoder",
+    "admit",
+    "answered_blobs",
+    "decode",
+    "decode_read",
+    "fetch_blobs",
+    "over_delivered",
+]
 
 
-#: Fetches observation entries: ``[(stream key, entry id)] -> {(key, id): payload or None}``.
-ObsFetch = Callable[[list[tuple[str, str]]], dict[tuple[str, str], bytes | None]]
+#: Fetches request blobs: ``[blob key] -> {blob key: payload, or None when it is gone}``.
+ObsFetch = Callable[[list[str]], dict[str, bytes | None]]
 
 
 def decode_read(
@@ -44,7 +56,7 @@ def decode_read(
 ) -> list[Pending]:
     """Every entry of a group read's reply (RESP2 or RESP3), decoded; read now.
 
-    The payloads of observation-stream tickets are fetched first, all in one ``fetch``.
+    The payloads of blob tickets are fetched first, all in one ``fetch``.
     """
     now = time.time()
     pending = [Pending(e.stream, e.entry_id, e.fields, now) for e in transport.parse_entries(resp)]
@@ -52,9 +64,45 @@ def decode_read(
     return [decode(p, keys, spec, reader, buffers, fetched=fetched) for p in pending]
 
 
-def _prefetch(
-    pending: list[Pending], fetch: ObsFetch | None
-) -> dict[tuple[str, str], bytes | None]:
+class Decoder:
+    """One worker's decoding setup: its keys, spec, shm reader, decode buffers and the
+    connection blobs are fetched on (``buffers = None``: decompress into fresh arrays)."""
+
+    def __init__(
+        self,
+        keys: Keys,
+        spec: PolicySpec,
+        reader: shm.SlotReader,
+        conn: ChainConnection,
+        buffers: Buffers | None,
+        max_deliveries: int,
+    ) -> None:
+        self.keys, self.spec, self.reader, self.buffers = keys, spec, reader, buffers
+        self.max_deliveries = max_deliveries
+        self._conn = conn
+
+    def fetch(self, blob_keys: list[str]) -> dict[str, bytes | None]:
+        return fetch_blobs(self._conn, blob_keys)
+
+    def read(self, resp: Any) -> list[Pending]:
+        """``decode_read`` of a group read's reply."""
+        return decode_read(resp, self.keys, self.spec, self.reader, self.buffers, self.fetch)
+
+    def admit(self, p: Pending, deliveries: int) -> Pending:
+        """``admit`` of a reclaimed entry."""
+        return admit(
+            p, deliveries, max_deliveries=self.max_deliveries, keys=self.keys, spec=self.spec,
+            reader=self.reader, buffers=self.buffers, fetch=self.fetch,
+        )  # fmt: skip
+
+
+def fetch_blobs(conn: ChainConnection, blob_keys: list[str]) -> dict[str, bytes | None]:
+    """The payloads blob tickets point at, in one chain (one round trip)."""
+    replies = conn.run([transport.obs_fetch_command(k) for k in blob_keys], timeout_s=_FETCH_S)
+    return {k: transport.obs_payload(reply) for k, reply in zip(blob_keys, replies, strict=True)}
+
+
+def _prefetch(pending: list[Pending], fetch: ObsFetch | None) -> dict[str, bytes | None]:
     refs = []
     for p in pending:
         if F_OBS in p.fields and fetch is not None:
@@ -89,12 +137,12 @@ def decode(
     reader: shm.SlotReader,
     buffers: Buffers | None = None,
     *,
-    fetched: Mapping[tuple[str, str], bytes | None] | None = None,
+    fetched: Mapping[str, bytes | None] | None = None,
 ) -> Pending:
     """Fill ``p.rid``, ``p.reply`` and ``p.request`` (or ``p.error``); time it in ``decode_ms``.
 
     ``buffers`` (the worker's ``DecodeBuffers``) is where lz4 arrays decompress to;
-    ``fetched`` holds the payloads of observation-stream tickets (``decode_read``).
+    ``fetched`` holds the payloads of blob tickets (``decode_read``).
     """
     t0 = time.perf_counter()
     p.rid = as_text(p.fields.get(F_RID))
@@ -131,22 +179,33 @@ def decode(
     return p
 
 
-def _observation(p: Pending, keys: Keys, fetched: Mapping[tuple[str, str], bytes | None]) -> bytes:
-    """The payload an observation ticket points at; it may only name its requester's stream."""
+def _observation(p: Pending, keys: Keys, fetched: Mapping[str, bytes | None]) -> bytes:
+    """The payload a blob ticket points at; it may only name its requester's blobs."""
     try:
-        ref = transport.parse_obs_ticket(p.fields[F_OBS])
+        blob_key = transport.parse_obs_ticket(p.fields[F_OBS])
     except ValueError as exc:
         raise ArenaEvalError(str(exc)) from None
     owner = keys.reply_stream_client(p.reply) if p.reply else None
-    if owner is None or keys.rollout_obs_client(ref[0]) != owner:
-        raise ArenaEvalError("an observation ticket may only name its requester's rollout stream")
-    payload = fetched.get(ref)
+    if owner is None or keys.rollout_obs_client(blob_key) != owner:
+        raise ArenaEvalError("a blob ticket may only name its requester's rollout blobs")
+    payload = fetched.get(blob_key)
     if payload is None:
         raise ArenaEvalError(
-            f"observation entry {ref[1]} of {ref[0]} is gone (trimmed, expired, or lost in a "
-            "failover); the client sends it again"
+            f"request blob {blob_key} is gone (expired, or lost in a failover); the client "
+            "sends it again"
         )
     return payload
+
+
+def answered_blobs(items: list[Pending], keys: Keys) -> list[str]:
+    """The blobs of answered requests whose ticket was valid: the worker deletes them."""
+    out = []
+    for p in items:
+        if p.request is not None and F_OBS in p.fields:
+            blob_key = transport.parse_obs_ticket(p.fields[F_OBS])
+            if keys.rollout_obs_client(blob_key) is not None:
+                out.append(blob_key)
+    return out
 
 
 def over_delivered(p: Pending, keys: Keys, deliveries: int, max_deliveries: int) -> Pending:

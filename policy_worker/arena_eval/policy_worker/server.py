@@ -155,18 +155,17 @@ class PolicyWorker:
         self.group = ConsumerGroup(self._r, self.streams, POLICY_GROUP, self.worker_id)
         self.batcher = (config.batcher or WindowBatcher)(config)
         self._reader = shm.SlotReader()
-        self._buffers = DecodeBuffers()  # lz4 arrays decompress into these, reused
-        admit = partial(decoding.admit, max_deliveries=config.max_deliveries, keys=self.keys,
-                        spec=self.spec, reader=self._reader, buffers=self._buffers,
-                        fetch=self._fetch_observations)  # fmt: skip
-        self.leases = RequestLeases(self.group, config, admit=admit, stats=self.stats)
+        self._conn = open_chain(self._r)
+        # lz4 arrays decompress into DecodeBuffers, reused; blobs are fetched on our chain
+        self.decoder = decoding.Decoder(self.keys, self.spec, self._reader, self._conn,
+                                        DecodeBuffers(), config.max_deliveries)  # fmt: skip
+        self.leases = RequestLeases(self.group, config, admit=self.decoder.admit, stats=self.stats)
         self.runner = BatchRunner(
             policy, self.spec, worker_id=self.worker_id, max_batch=config.max_batch,
             batcher=self.batcher, leases=self.leases, reader=self._reader, stats=self.stats,
         )  # fmt: skip
         self._stop = threading.Event()
         self._next_sweep = time.monotonic() + _SWEEP_S
-        self._conn = open_chain(self._r)
         self._prefetched: list[Pending] | None = None
         # read, decoded and pending on us, but beyond the row cap: first in the next batch
         self._carry: list[Pending] = []
@@ -277,19 +276,7 @@ class PolicyWorker:
             [self.group.read_command(count, block_ms)],
             timeout_s=_read_timeout(block_ms),
         )
-        return decoding.decode_read(
-            resp, self.keys, self.spec, self._reader, self._buffers, self._fetch_observations
-        )
-
-    def _fetch_observations(
-        self, refs: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], bytes | None]:
-        """The payloads observation tickets point at, in one chain (one round trip)."""
-        replies = self._conn.run(
-            [transport.obs_fetch_command(key, entry_id) for key, entry_id in refs],
-            timeout_s=_read_timeout(0),
-        )
-        return {ref: transport.obs_payload(reply) for ref, reply in zip(refs, replies, strict=True)}
+        return self.decoder.read(resp)
 
     # -- answering -------------------------------------------------------------
     def _handle(self, items: list[Pending]) -> list[Pending] | None:
@@ -308,6 +295,7 @@ class PolicyWorker:
         self.stats.errors += dead
         self.stats.dead_letters += dead
         commands += self.group.ack_delete_commands(by_stream(items))
+        commands += transport.obs_delete_commands(decoding.answered_blobs(items, self.keys))
         # with requests carried over, the next read must not block: they are due now
         carried = total_rows(self._carry)
         read_next = not self._stop.is_set() and carried < self.batcher.max_batch
@@ -323,10 +311,7 @@ class PolicyWorker:
                 log.warning("reply/ack command failed: %s", result)
         if not read_next:
             return None
-        return decoding.decode_read(
-            results[-1], self.keys, self.spec, self._reader, self._buffers,
-            self._fetch_observations,
-        )  # fmt: skip
+        return self.decoder.read(results[-1])
 
     # -- heartbeat -------------------------------------------------------------
     def _beat(self) -> None:

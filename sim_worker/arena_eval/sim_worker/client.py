@@ -40,25 +40,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from arena_eval.broker import codec, shm, shm_trust, telemetry, transport
+from arena_eval.broker import codec, telemetry, transport
 from arena_eval.broker.chain import open_chain
-from arena_eval.broker.cluster import is_cluster
 from arena_eval.broker.connection import connect, connection_kwargs
 from arena_eval.broker.constants import F_DATA, F_OBS, F_SHM, KIND_ERROR
 from arena_eval.broker.errors import ArenaEvalError, BrokerUnavailable
 from arena_eval.broker.keys import Keys
-from arena_eval.broker.pool import live_workers, wait_for_pool
+from arena_eval.broker.pool import wait_for_pool
 from arena_eval.broker.protocol import InferRequest, decode_reply
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.broker.spec import PolicySpec, SpecMismatch
-from arena_eval.broker.wire import Arg, Parts
+from arena_eval.broker.wire import Arg
+from arena_eval.sim_worker.payload_route import PayloadRoute
 
-#: Requests at least this large use shared memory when a local worker exists.
-SHM_MIN_BYTES = 64 * 1024
-_ROUTE_REFRESH_S = 1.0
 #: A reply read may take its BLOCK time plus this before the link counts as dead.
 _READ_MARGIN_S = 2.0
-_SLOTS = 2
 
 
 class PolicyTimeout(ArenaEvalError):
@@ -108,21 +104,10 @@ class PolicyClient:
         self.compression = compression or _default_compression(self._r)
         self.client_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.reply_key = self.keys.reply_stream(self.client_id)
-        self._request_stream = self.keys.pool_requests(pool)
-        self._host_id = shm_trust.host_id()
-        self._host_stream = self.keys.pool_host_requests(pool, self._host_id)
         self._last_reply_id: bytes = b"0-0"
         self._conn = open_chain(self._r)
-        self._slots: list[shm.SlotWriter] = []
-        #: Large requests go through the rollout's observation stream (cluster: by default).
-        self._obs_streams = _obs_mode(self._r)
-        self._rollout = "0"
-        self._obs_used: set[str] = set()
-        self._obs_last = (0, 0)
-        self._split_phases = is_cluster(self._r)
-        self._slot_turn = 0
-        self._route_checked = 0.0
-        self._local_worker = False
+        #: Shared memory, a blob keyed by rollout, or inline (``payload_route.py``).
+        self.route = PayloadRoute(self._r, self.keys, pool, self.client_id, transport)
         self.spec: PolicySpec | None = None
         self.last_timing: dict[str, float] = {}
         #: The per-row info dicts of the last reply, when the policy gave them.
@@ -137,23 +122,8 @@ class PolicyClient:
         """Fetch and cache the pool's spec; raise PoolNotFound if no worker serves it."""
         spec, workers = wait_for_pool(self._r, self.keys, self.pool, self.timeout_s)
         self.spec = spec
-        self._note_workers(workers)
+        self.route.note_workers(workers)
         return spec
-
-    def _note_workers(self, workers: Sequence[Any]) -> None:
-        self._local_worker = any(w.host_id == self._host_id for w in workers)
-        self._route_checked = time.monotonic()
-
-    def _use_shm(self, nbytes: int) -> bool:
-        if self.transport == "redis" or not shm_trust.available():
-            return False
-        if self.transport == "shm":
-            return True
-        if nbytes < SHM_MIN_BYTES:
-            return False
-        if time.monotonic() - self._route_checked > _ROUTE_REFRESH_S:
-            self._note_workers(live_workers(self._r, self.keys, self.pool))
-        return self._local_worker
 
     # -- inference -------------------------------------------------------------
     def infer(
@@ -198,7 +168,7 @@ class PolicyClient:
         )
         parts, nbytes = codec.dumps_parts(request.to_message(), compression=self.compression)
         t_encoded = time.perf_counter()
-        payload = self._payload_field(parts, nbytes)
+        payload = self.route.choose(parts, nbytes)
         reply = self._round_trip(request.rid, payload, parts, nbytes)
         t_done = time.perf_counter()
         actions = reply["actions"]
@@ -221,49 +191,13 @@ class PolicyClient:
         return actions
 
     def begin_rollout(self, name: str) -> None:
-        """Large requests from now on go to rollout ``name``'s observation stream (its own
-        hash tag: a fleet's bytes spread over a cluster's shards); the last one's is deleted."""
-        self.keys.rollout_obs(self.client_id, name)  # validates the name
-        self._drop_obs_streams()
-        self._rollout = name
+        """Large requests from now on are blobs of rollout ``name`` (its own hash tag: a
+        fleet's bytes spread over a cluster's shards)."""
+        self.route.begin_rollout(name)
 
     def end_rollout(self) -> None:
-        """The rollout is over: delete its observation stream (best effort; it expires)."""
-        self._drop_obs_streams()
-
-    def _drop_obs_streams(self) -> None:
-        used, self._obs_used = self._obs_used, set()
-        if used:
-            with contextlib.suppress(Exception):  # best effort: they expire anyway
-                self._conn.run([["DEL", key] for key in sorted(used)], timeout_s=1.0)
-
-    def _obs_entry_id(self) -> str:
-        """A new entry id of our own, increasing (the stream is only ours)."""
-        ms = max(int(time.time() * 1000), self._obs_last[0])
-        seq = self._obs_last[1] + 1 if ms == self._obs_last[0] else 0
-        self._obs_last = (ms, seq)
-        return f"{ms}-{seq}"
-
-    def _obs_commands(self, value: Arg) -> tuple[list[list[Arg]], str]:
-        """The commands that put a payload on the rollout's stream, and the ticket to send."""
-        key = self.keys.rollout_obs(self.client_id, self._rollout)
-        self._obs_used.add(key)
-        entry_id = self._obs_entry_id()
-        return transport.obs_commands(key, entry_id, value), transport.obs_ticket(key, entry_id)
-
-    def _payload_field(self, parts: list[Any], nbytes: int) -> tuple[bytes, Arg, str]:
-        """(field name, value, stream) for the request: a shm ticket or the inline bytes
-        (``obs``: the bytes, which ``_round_trip`` puts on the rollout's stream)."""
-        if self._use_shm(nbytes):
-            if not self._slots:
-                self._slots = [shm.SlotWriter(self.client_id, i) for i in range(_SLOTS)]
-            slot = self._slots[self._slot_turn % _SLOTS]
-            self._slot_turn += 1
-            ticket = slot.write(parts, nbytes)
-            return (F_SHM, ticket.to_wire(), self._host_stream)
-        if self._obs_streams and nbytes >= _obs_min_bytes():
-            return (F_OBS, Parts(parts, nbytes), self._request_stream)
-        return (F_DATA, Parts(parts, nbytes), self._request_stream)
+        """Back to the client's default rollout name."""
+        self.route.end_rollout()
 
     def _round_trip(
         self, rid: str, payload: tuple[bytes, Arg, str], parts: list[Any], nbytes: int
@@ -289,7 +223,7 @@ class PolicyClient:
             if send:
                 sent_value = value
                 if field == F_OBS:
-                    first, sent_value = self._obs_commands(value)
+                    first, sent_value = self.route.blob_commands(value)
                 commands.append(
                     transport.request_command(stream, rid, self.reply_key, field, sent_value)
                 )
@@ -299,11 +233,11 @@ class PolicyClient:
             try:
                 # BLOCK is already capped by the deadline; the margin only runs out on a dead link
                 read_timeout = block_ms / 1000.0 + _READ_MARGIN_S
-                if first and self._split_phases:
-                    # a cluster may hold the entry and its ticket on two nodes: entry first
+                if first and self.route.blob_first:
+                    # a cluster may hold the blob and its ticket on two nodes: blob first
                     for reply in self._conn.run(first, timeout_s=read_timeout):
                         if isinstance(reply, ResponseError):
-                            raise ArenaEvalError(f"Redis refused the observation entry: {reply}")
+                            raise ArenaEvalError(f"Redis refused the request's blob: {reply}")
                     first = []
                 results = self._conn.run(first + commands, timeout_s=read_timeout)
                 results = results[len(first) :]
@@ -329,14 +263,10 @@ class PolicyClient:
                 return found
             if time.monotonic() - last_progress >= 1.0:
                 last_progress = time.monotonic()
-                if field == F_SHM and not self._local_alive():
+                if field == F_SHM and not self.route.local_alive():
                     # The local worker died with our ticket: let the whole pool have it.
-                    field, value, stream = F_DATA, Parts(parts, nbytes), self._request_stream
+                    field, value, stream = self.route.inline_or_blob(parts, nbytes)
                     send = True
-
-    def _local_alive(self) -> bool:
-        self._note_workers(live_workers(self._r, self.keys, self.pool))
-        return self._local_worker
 
     def _match(self, rid: str, response: Any) -> dict[str, Any] | None:
         if isinstance(response, ResponseError):
@@ -363,11 +293,8 @@ class PolicyClient:
         return found
 
     def close(self) -> None:
-        """Release the connection, delete the reply stream, observation streams, shm slots."""
-        for slot in self._slots:
-            slot.close()
-        self._slots = []
-        self._drop_obs_streams()
+        """Release the connection, delete the reply stream and the shm slots."""
+        self.route.close()
         # Best effort, bounded: the reply stream expires on its own if Redis is unreachable.
         with contextlib.suppress(Exception):
             command = transport.delete_reply_stream_command(self.reply_key)
@@ -406,25 +333,6 @@ def _row_values(
         raise SpecMismatch(f"{name} has shape {list(arr.shape)}, expected one per row ({rows})")
     out: list[Any] = arr.astype(dtype, copy=False).tolist()
     return out
-
-
-#: Observation streams: ``on``, ``off`` or ``auto`` (on a cluster only; docs/architecture.md).
-ENV_OBS_STREAMS = "ARENA_OBS_STREAMS"
-#: Requests of at least this many bytes use the observation stream when it is on.
-ENV_OBS_STREAM_MIN_BYTES = "ARENA_OBS_STREAM_MIN_BYTES"
-OBS_STREAM_MIN_BYTES = 64 * 1024
-
-
-def _obs_mode(r: redis.Redis) -> bool:
-    mode = os.environ.get(ENV_OBS_STREAMS, "auto").strip().lower()
-    if mode not in ("auto", "on", "off"):
-        raise ArenaEvalError(f"{ENV_OBS_STREAMS} must be auto, on or off, not {mode!r}")
-    return mode == "on" or (mode == "auto" and is_cluster(r))
-
-
-def _obs_min_bytes() -> int:
-    raw = os.environ.get(ENV_OBS_STREAM_MIN_BYTES, "")
-    return int(raw) if raw.isdigit() else OBS_STREAM_MIN_BYTES
 
 
 def _default_compression(r: redis.Redis) -> str:
