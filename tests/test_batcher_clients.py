@@ -99,3 +99,31 @@ def test_clients_in_lockstep_share_every_batch(settings: RedisSettings) -> None:
     # every round in between shares its batch.
     assert sizes[0][2:-1] == [2.0] * (rounds - 3) and sizes[1][2:-1] == [2.0] * (rounds - 3)
     assert worker.stats.requests == 2 * rounds and worker.stats.batches <= rounds + 3
+
+
+def _arrivals(batcher: object, schedule: dict[str, list[float]]) -> None:
+    """Feed the batcher's client bookkeeping requests at the given (synthetic) times."""
+    from types import SimpleNamespace
+
+    events = sorted((t, c) for c, times in schedule.items() for t in times)
+    for t, client in events:
+        item = SimpleNamespace(request=SimpleNamespace(client=client))
+        batcher._note_clients([item], t)  # type: ignore[attr-defined]
+
+
+def test_the_other_lane_of_an_overlap_sim_is_not_waited_for() -> None:
+    """Lanes A and B alternate half a period apart: when A's request arrives, B's next one
+    is not due within the window, so the batch does not wait for it (it used to wait the
+    whole window for B, undoing the overlap); clients in lockstep are still waited for."""
+    from arena_eval.policy_worker.batcher import WindowBatcher
+    from arena_eval.policy_worker.config import PolicyWorkerConfig
+
+    config = PolicyWorkerConfig(pool="p", policy="zero", max_wait_ms=20.0)
+    lanes = WindowBatcher(config)
+    _arrivals(lanes, {"A": [0.0, 0.1, 0.2, 0.3], "B": [0.05, 0.15, 0.25]})
+    assert lanes._awaited_until({"A"}, 0.3) is None
+
+    lockstep = WindowBatcher(config)
+    _arrivals(lockstep, {"A": [0.0, 0.1, 0.2, 0.3], "B": [0.0, 0.1, 0.2]})
+    due = lockstep._awaited_until({"A"}, 0.3)
+    assert due is not None and due > 0.3

@@ -16,7 +16,10 @@ Which clients it expects is learned. A sim sends its next request one period
 after its last (env step + round trip); the batcher keeps each client's
 period (a moving average of the gaps between its requests) and expects a
 client only until ``_PATIENCE`` periods (plus ``_SLACK_S`` of jitter) after its
-last request. A client that closed, crashed or stalls (a long reset) thus
+last request, and only when that next request is due within the window: the
+two lanes of an ``--overlap`` sim are two clients half a period apart, and
+waiting for the lane that was just answered would undo the overlap. A
+client that closed, crashed or stalls (a long reset) thus
 stops holding every batch open after about two of its periods -- before, it was expected for
 ``active_client_s`` (1 s), and every batch in that second waited the full
 ``max_wait_ms`` for it. A client seen only once has no period yet and is
@@ -49,6 +52,10 @@ _POLL_S = 0.0002
 #: plus _SLACK_S for scheduling jitter (a loaded 2-core machine delays a sim by ms).
 _PATIENCE = 2.0
 _SLACK_S = 0.02
+#: A client whose next request (its last plus its period) is due later than the window's
+#: end plus this is not waited for: the other lane of an ``--overlap`` sim, say, which
+#: sends half a period after this one (its lanes are two clients).
+_EARLY_S = 0.001
 #: Weight of the newest gap in a client's period (an exponential moving average).
 _GAP_WEIGHT = 0.25
 
@@ -121,6 +128,8 @@ class WindowBatcher:
         period = self._period.get(client)
         if period is None:
             return last + self.active_client_s
+        if last + period > now + self.max_wait_s + _EARLY_S:
+            return now  # its next request is not due within this window: do not wait for it
         return last + min(self.active_client_s, _PATIENCE * period + _SLACK_S)
 
     def _awaited_until(self, present: set[str], now: float) -> float | None:
