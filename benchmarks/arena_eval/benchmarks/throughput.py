@@ -27,9 +27,7 @@ from arena_eval.broker.settings import RedisSettings
 POLICY = "arena_eval.benchmarks.policies:FixedLatencyPolicy"
 
 
-def _client_process(
-    make: Any, call: Any, seconds: float, start: Any, counts: Any, i: int
-) -> None:
+def _client_process(make: Any, call: Any, seconds: float, start: Any, counts: Any, i: int) -> None:
     """One sim: make its client, wait for the start, call in a loop until time is up."""
     handle = make()
     try:
