@@ -64,7 +64,7 @@ def _run_clients(clients: int, seconds: float, make: Any, call: Any) -> int:
     start.wait()
     for p in procs:
         p.join()
-    return int(sum(counts))
+    return sum(int(n) for n in counts[:])
 
 
 def run_throughput(
