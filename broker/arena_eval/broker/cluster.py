@@ -45,6 +45,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from arena_eval.broker import wire
+from arena_eval.broker.errors import ArenaEvalError
 from arena_eval.broker.wire import Arg, execute_chain
 
 #: Replies that mean "the slot map you hold is stale": refresh it and retry the chain.
@@ -76,7 +77,7 @@ def server_is_cluster(options: dict[str, Any]) -> bool:
     probe = redis.Redis(connection_pool=pool)
     try:
         info = probe.info("cluster")
-    except (RedisError, OSError):
+    except (RedisError, OSError, ArenaEvalError):  # refused credentials: the client says so
         return False
     finally:
         with contextlib.suppress(Exception):
