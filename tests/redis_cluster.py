@@ -12,6 +12,7 @@ at one of its nodes.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -35,7 +36,8 @@ def cluster_binaries() -> tuple[str, str] | None:
     found = []
     for name in ("redis-server", "redis-cli"):
         system = Path(_SYSTEM_BIN) / name
-        found.append(str(system) if system.exists() else shutil.which(name))
+        usable = system.is_file() and os.access(system, os.X_OK)
+        found.append(str(system) if usable else shutil.which(name))
     server, cli = found
     return (server, cli) if server and cli else None
 
