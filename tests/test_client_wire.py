@@ -27,24 +27,11 @@ from tests.policies_for_tests import DIM, FAIL_MARKER, EchoPolicy, expected_acti
 POOL = "wire"
 
 
-@pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def client_redis(request: pytest.FixtureRequest, r: redis.Redis) -> Iterator[redis.Redis]:
-    """The suite's client (RESP2), or one on the same server speaking RESP3."""
-    if request.param == 2:
-        yield r
-        return
-    kwargs = {**r.connection_pool.connection_kwargs, "protocol": 3}
-    c = redis.Redis(
-        connection_pool=redis.ConnectionPool(
-            connection_class=r.connection_pool.connection_class, **kwargs
-        )
-    )
-    assert c.execute_command("HELLO")[b"proto"] == 3
-    try:
-        yield c
-    finally:
-        c.close()
-        c.connection_pool.disconnect()
+@pytest.fixture
+def client_redis(client: redis.Redis) -> redis.Redis:
+    """conftest's ``client`` (RESP2, then RESP3), by a name that leaves ``client`` free for
+    the PolicyClient in the tests' bodies."""
+    return client
 
 
 @pytest.fixture

@@ -353,19 +353,10 @@ def _inflate_into(
 
 def _inflate(desc: Descriptor, view: memoryview, start: int) -> npt.NDArray[np.uint8]:
     """Decompress the chunks of one lz4 segment straight into a new array."""
-    count = -(-desc.raw // LZ4_CHUNK)
-    table = 4 * count
-    if desc.stored < table:
-        raise CodecError(f"corrupt lz4 data: {desc.stored} bytes cannot hold {count} chunk sizes")
-    sizes: tuple[int, ...] = struct.unpack_from(f"<{count}I", view, start)
-    if table + sum(sizes) != desc.stored:
-        raise CodecError(
-            f"corrupt lz4 data: chunk sizes add up to {table + sum(sizes)}, "
-            f"segment holds {desc.stored}"
-        )
+    sizes = _chunk_sizes(desc, view, start)
     out = np.empty(desc.raw, np.uint8)
     dst = out.data
-    pos, src = 0, start + table
+    pos, src = 0, start + 4 * len(sizes)
     for size in sizes:
         n = min(LZ4_CHUNK, desc.raw - pos)
         try:

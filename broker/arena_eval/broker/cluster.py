@@ -60,12 +60,13 @@ def is_cluster(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def server_is_cluster(options: dict[str, Any]) -> bool:
+def server_is_cluster(options: dict[str, Any]) -> bool | None:
     """Ask the node at ``options`` whether cluster mode is on (``INFO cluster``).
 
-    A quick probe without retries: a node that does not answer (or a user not
-    allowed INFO) is treated as a standalone server, whose client then reports
-    the outage or the refusal in its own words.
+    A quick probe without retries. None when there is no answer (a node that does
+    not answer, refused credentials, a user not allowed INFO): the caller treats it
+    as a standalone server, whose client then reports the outage or the refusal in
+    its own words, and asks again next time.
     """
     probe_options = {
         k: v for k, v in options.items() if k not in {"retry", "retry_on_error", "socket_timeout"}
@@ -78,7 +79,7 @@ def server_is_cluster(options: dict[str, Any]) -> bool:
     try:
         info = probe.info("cluster")
     except (RedisError, OSError, ArenaEvalError):  # refused credentials: the client says so
-        return False
+        return None
     finally:
         with contextlib.suppress(Exception):
             pool.disconnect()
@@ -195,11 +196,6 @@ class ClusterChain:
         except (RedisError, OSError) as exc:
             raise RedisConnectionError(f"cannot refresh the cluster's slot map: {exc}") from None
         self._stale = False
-
-    def masters_of(self, keys: Sequence[str]) -> tuple[str, ...]:
-        """The nodes that own ``keys`` now, asked of the cluster (not the cached map)."""
-        self._refresh()
-        return tuple(self._node_name(k) for k in keys)
 
     def drop(self) -> None:
         for conn in self._conns.values():

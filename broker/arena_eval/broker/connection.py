@@ -257,9 +257,10 @@ def _cluster_mode(url: str, options: dict[str, Any]) -> bool:
     """Cluster mode is the server's to say (``INFO cluster``), so any node's plain URL works."""
     known = _CLUSTER_BY_URL.get(url)
     if known is None:
-        known = cluster_mod.server_is_cluster(options)
-        if known:  # a standalone answer may be an outage: ask again next time
-            _CLUSTER_BY_URL[url] = True
+        answer = cluster_mod.server_is_cluster(options)
+        if answer is None:  # no answer (an outage, a refusal): ask again next time
+            return False
+        known = _CLUSTER_BY_URL[url] = answer
     return known
 
 

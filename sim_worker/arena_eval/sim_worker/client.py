@@ -195,10 +195,6 @@ class PolicyClient:
         fleet's bytes spread over a cluster's shards)."""
         self.route.begin_rollout(name)
 
-    def end_rollout(self) -> None:
-        """Back to the client's default rollout name."""
-        self.route.end_rollout()
-
     def _round_trip(
         self, rid: str, payload: tuple[bytes, Arg, str], parts: list[Any], nbytes: int
     ) -> dict[str, Any]:

@@ -91,9 +91,6 @@ class PayloadRoute:
         self.keys.rollout_obs(self.client_id, name, 0)  # validates the name
         self._rollout = name
 
-    def end_rollout(self) -> None:
-        self._rollout = "0"
-
     def choose(self, parts: list[Any], nbytes: int) -> tuple[bytes, Arg, str]:
         """(field name, value, stream): a shm ticket, a blob's bytes (``obs``: stored by
         ``blob_commands`` at send time), or the inline bytes."""

@@ -246,17 +246,12 @@ class UnitRunner:
         def progress(finished: int) -> None:
             lease.episodes_done = skipped + finished
 
-        try:
-            run_episodes(
-                env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
-                on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
-                progress=progress, task=task, instruction=instruction, capture=capture,
-                on_recorded=record, hidden=hidden, twin=twin,
-            )  # fmt: skip
-        finally:
-            self.clients.get(spec.pool).end_rollout()
-            if second is not None:
-                self.clients.get(spec.pool, 1).end_rollout()
+        run_episodes(
+            env, policy, job_id=job.job_id, indices=todo, seed_of=job.spec.episode_seed,
+            on_episodes=sink, should_stop=lease.abort.is_set, worker=self.worker_id,
+            progress=progress, task=task, instruction=instruction, capture=capture,
+            on_recorded=record, hidden=hidden, twin=twin,
+        )  # fmt: skip
 
     def _aborted(self, job: Job, lease: Lease) -> Outcome:
         if lease.reason == LEASE_LOST:
