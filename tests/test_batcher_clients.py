@@ -107,7 +107,7 @@ def _arrivals(batcher: object, schedule: dict[str, list[float]]) -> None:
 
     events = sorted((t, c) for c, times in schedule.items() for t in times)
     for t, client in events:
-        item = SimpleNamespace(request=SimpleNamespace(client=client))
+        item = SimpleNamespace(request=SimpleNamespace(client=client, think_ms=-1.0))
         batcher._note_clients([item], t)  # type: ignore[attr-defined]
 
 
@@ -127,3 +127,84 @@ def test_the_other_lane_of_an_overlap_sim_is_not_waited_for() -> None:
     _arrivals(lockstep, {"A": [0.0, 0.1, 0.2, 0.3], "B": [0.0, 0.1, 0.2]})
     due = lockstep._awaited_until({"A"}, 0.3)
     assert due is not None and due > 0.3
+
+
+def _reads(batcher: object, events: list[tuple[float, str, float]]) -> None:
+    """Requests read at (synthetic) times, each with the think time its client reported."""
+    from types import SimpleNamespace
+
+    for t, client, think_ms in events:
+        item = SimpleNamespace(request=SimpleNamespace(client=client, think_ms=think_ms))
+        batcher._note_clients([item], t)  # type: ignore[attr-defined]
+
+
+def _answers(batcher: object, t: float, clients: str) -> None:
+    from types import SimpleNamespace
+
+    batch = [SimpleNamespace(request=SimpleNamespace(client=c)) for c in clients]
+    batcher.replied(batch, now=t)  # type: ignore[attr-defined]
+
+
+def test_a_group_answered_a_moment_ago_is_waited_for() -> None:
+    """Four sims on a 22 ms model, split into two groups (A, B, C and D) by one sim that fell
+    a pass behind: each group's requests wait in the stream during the other's pass, so
+    they are read a whole pass late and their period says "44 ms away". D's batch opens just
+    as A, B and C get their answers; they say they ask again 3 ms after an answer, so the
+    batch waits for them and the groups merge (before, D ran alone, every step, for good)."""
+    from arena_eval.policy_worker.batcher import WindowBatcher
+    from arena_eval.policy_worker.config import PolicyWorkerConfig
+
+    config = PolicyWorkerConfig(pool="p", policy="zero", max_wait_ms=5.0)
+
+    def split(think_ms: float) -> WindowBatcher:
+        batcher = WindowBatcher(config)
+        for k in range(3):  # one cycle = two passes of 22 ms
+            base = 0.044 * k
+            _reads(batcher, [(base, c, think_ms) for c in "ABC"])
+            _answers(batcher, base + 0.022, "ABC")
+            _reads(batcher, [(base + 0.022, "D", think_ms)])
+            _answers(batcher, base + 0.044, "D")
+        _reads(batcher, [(0.132, c, think_ms) for c in "ABC"])
+        _answers(batcher, 0.154, "ABC")
+        _reads(batcher, [(0.154, "D", think_ms)])
+        return batcher
+
+    due = split(3.0)._awaited_until({"D"}, 0.154)
+    assert due is not None and due > 0.157  # waits past their expected 3 ms
+    # without the clients' think times the period rules, and the groups stay apart
+    assert split(-1.0)._awaited_until({"D"}, 0.154) is None
+    # a client that thinks longer than the window (the other lane of an overlap sim)
+    assert split(30.0)._awaited_until({"D"}, 0.154) is None
+
+
+def test_requests_carry_the_clients_think_time_and_the_worker_notes_its_answers(
+    settings: RedisSettings,
+) -> None:
+    """The think time travels with each request (none on the first), and the serve loop
+    tells the batcher when it answers: the two facts the wait-for-a-group rule needs."""
+    from arena_eval.policy_worker.batcher import WindowBatcher
+    from arena_eval.policy_worker.entries import Pending
+
+    seen: list[float] = []
+
+    class Recording(WindowBatcher):
+        def _note_clients(self, items: list[Pending], now: float) -> set[str]:
+            seen.extend(p.request.think_ms for p in items if p.request is not None)
+            return super()._note_clients(items, now)
+
+    worker = PolicyWorker(POOL, EchoPolicy(stall_s=0), settings, batcher=Recording)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        with PolicyClient(POOL, settings, timeout_s=15) as client:
+            for i in range(3):
+                client.infer({"x": _rows(i)}, [0, 1])
+                time.sleep(0.05)  # the "env step" between an answer and the next request
+            replied = dict(worker.batcher._replied)  # type: ignore[attr-defined]
+            client_id = client.client_id
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert seen[0] == -1.0 and len(seen) == 3
+    assert all(t >= 50.0 for t in seen[1:]), seen
+    assert client_id in replied

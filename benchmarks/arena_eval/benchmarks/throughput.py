@@ -6,6 +6,11 @@ servers run the same ``FixedLatencyPolicy`` (a fixed forward-pass time, the
 regime of a GPU model at small batch) in their own process, and both are
 measured in the same run. The figure is the ratio of requests per second.
 
+It also reads the machine's CPU time (``/proc/stat``, every process: clients, worker,
+Redis, kernel) over each side's timed window. With synchronous clients and a model that
+sleeps, that work happens while the model waits for the next batch, so a batch cycle is at
+least ``L + K * cpu_per_request / cores``: the CPU-bound ceiling printed next to the ratio.
+
 ``python -m arena_eval.benchmarks.throughput --clients 8 --latency-ms 10``
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import time
 import uuid
 from typing import Any
@@ -44,8 +50,21 @@ def _client_process(make: Any, call: Any, seconds: float, start: Any, counts: An
             handle.close()
 
 
-def _run_clients(clients: int, seconds: float, make: Any, call: Any) -> int:
-    """Each client runs in a process of its own, as sims do; return total requests.
+def _machine_cpu() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def _run_clients(clients: int, seconds: float, make: Any, call: Any) -> tuple[int, float | None]:
+    """Each client runs in a process of its own, as sims do; return total requests and the
+    machine's busy CPU seconds over the timed window (None where /proc/stat is missing).
 
     Processes, not threads: threads of one process queue on one GIL, so the last
     of eight sent its next request about 3 ms after the replies landed, which the
@@ -62,9 +81,12 @@ def _run_clients(clients: int, seconds: float, make: Any, call: Any) -> int:
     for p in procs:
         p.start()
     start.wait()
+    before = _machine_cpu()
     for p in procs:
         p.join()
-    return sum(int(n) for n in counts[:])
+    after = _machine_cpu()
+    busy = None if before is None or after is None else after[0] - before[0]
+    return sum(int(n) for n in counts[:]), busy
 
 
 def run_throughput(
@@ -88,25 +110,38 @@ def run_throughput(
         _child(serve, env),
     ):
         s = settings.with_url(url)
-        fabric = _run_clients(
+        fabric, fabric_cpu = _run_clients(
             clients, seconds,
             lambda: PolicyClient(pool, s, timeout_s=60),
             lambda c: c.infer(obs, ids, **ROW_CONTEXT),
         )  # fmt: skip
-        seed = _run_clients(
+        seed, seed_cpu = _run_clients(
             clients, seconds,
             lambda: _ZmqClient(port, "seed", stop_on_close=False),
             lambda c: c.infer(obs),
         )  # fmt: skip
     span = seconds  # each side's clock starts once all its clients are connected
-    return {
+    out: dict[str, Any] = {
         "clients": clients,
         "rows_per_request": rows,
         "latency_ms": latency_ms,
         "fabric_requests_per_s": round(fabric / span, 1),
         "seed_requests_per_s": round(seed / span, 1),
         "ratio": round(fabric / max(seed, 1), 2),
+        "ideal_ratio": clients,
     }
+    if fabric_cpu is not None and seed_cpu is not None and fabric and seed:
+        cores = os.cpu_count() or 1
+        cpu_ms = fabric_cpu * 1e3 / fabric
+        # a cycle: the forward pass, then every client's turnaround on the machine's cores
+        floor_cycle_ms = latency_ms + clients * cpu_ms / cores
+        out.update(
+            cores=cores,
+            fabric_cpu_ms_per_request=round(cpu_ms, 3),
+            seed_cpu_ms_per_request=round(seed_cpu * 1e3 / seed, 3),
+            cpu_bound_ratio=round(clients / floor_cycle_ms * 1e3 / (seed / span), 2),
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

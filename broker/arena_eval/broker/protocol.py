@@ -16,6 +16,7 @@ itself is garbage:
 The payload (codec, schema-versioned) is a dict:
 
     {"kind": "infer", "rid", "client", "sent": unix time, "deadline": unix time,
+     "think_ms": ms from the client's previous answer to this request (-1: none),
      "obs": {key: array},
      "episode_ids": [str], "steps": [int], "starts": [bool],
      "tasks": [str], "instructions": [str]}
@@ -84,6 +85,9 @@ class InferRequest:
     instructions: list[str] = field(default_factory=list)
     sent: float = 0.0
     deadline: float = 0.0
+    #: The client's time from its previous answer to this request (its env step, mostly),
+    #: measured on its own clock; negative when it has none (its first request).
+    think_ms: float = -1.0
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -97,6 +101,7 @@ class InferRequest:
             "instructions": self.instructions,
             "sent": self.sent,
             "deadline": self.deadline,
+            "think_ms": self.think_ms,
             "obs": self.obs,
         }
 
@@ -130,6 +135,7 @@ class InferRequest:
                 obs=dict(obs),
                 sent=float(msg.get("sent", 0.0)),
                 deadline=float(msg.get("deadline", 0.0)),
+                think_ms=float(msg.get("think_ms", -1.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CodecError(f"malformed infer request: {exc!r}") from None

@@ -74,9 +74,17 @@ def throughput_cmd(
     console.print(
         f"{clients} sims x {rows} rows, {latency_ms:g} ms forward pass: fabric "
         f"{result['fabric_requests_per_s']:.0f} req/s vs seed {result['seed_requests_per_s']:.0f} "
-        f"req/s = [bold]{result['ratio']:.2f}x[/]",
+        f"req/s = [bold]{result['ratio']:.2f}x[/] (ideal {clients}x)",
         highlight=False,
     )
+    if "cpu_bound_ratio" in result:
+        console.print(
+            f"machine CPU per request (every process): fabric "
+            f"{result['fabric_cpu_ms_per_request']:.2f} ms, seed "
+            f"{result['seed_cpu_ms_per_request']:.2f} ms; on {result['cores']} cores the "
+            f"clients' turnaround caps the fabric at {result['cpu_bound_ratio']:.2f}x",
+            highlight=False,
+        )
 
 
 @app.command("gateway")

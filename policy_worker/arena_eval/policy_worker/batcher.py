@@ -23,9 +23,22 @@ client that closed, crashed or stalls (a long reset) thus
 stops holding every batch open after about two of its periods -- before, it was expected for
 ``active_client_s`` (1 s), and every batch in that second waited the full
 ``max_wait_ms`` for it. A client seen only once has no period yet and is
-expected for ``active_client_s``, as before. Profiled at 8 sims x 10 ms
-(docs/benchmarks.md), the batches were already whole; the rest of the cycle
-is the clients' turnaround, which no batching rule can hide from synchronous
+expected for ``active_client_s``, as before.
+
+Better than the period, when the client says it: each request carries its ``think_ms``, the
+client's time from its previous answer to this request (its env step, mostly; measured on
+its own clock). The worker notes when it sent each client's answer (``replied``), so a
+client that was answered and has not asked again is due at ``answered + think``. The
+period cannot tell that: it is the gap between two *reads*, and a request that waited in
+the stream while the model ran is read late. Measured with four sims on a 20 ms model
+(``docs/benchmarks.md``), one sim that fell a pass behind (an episode reset) split the
+fleet into two groups for good: each batch was read as the other group's pass ended, the
+period said the other group was a whole pass away, and the model ran two half batches per
+step of every sim. With the think time the batcher sees the other group due in a few ms
+and waits for it (when that fits in the window), and the groups merge again.
+
+Profiled at 8 sims x 10 ms (docs/benchmarks.md), the batches were already whole; the rest
+of the cycle is the clients' turnaround, which no batching rule can hide from synchronous
 clients (``--overlap`` sims can).
 """
 
@@ -70,6 +83,8 @@ class WindowBatcher:
         self.active_client_s = config.active_client_s
         self._last_seen: dict[str, float] = {}  # client -> monotonic time of its last request
         self._period: dict[str, float] = {}  # client -> moving average of its request gaps
+        self._think: dict[str, float] = {}  # client -> moving average of its think time (s)
+        self._replied: dict[str, float] = {}  # client -> when its last answer was sent
         self._rows_per_request = 1
 
     def read_count(self, rows_in_hand: int) -> int:
@@ -107,8 +122,24 @@ class WindowBatcher:
         requests = sum(1 for p in batch if p.request is not None)
         self._rows_per_request = max(1, sum(rows(p) for p in batch) // max(1, requests))
 
+    def replied(self, batch: Sequence[Pending], now: float | None = None) -> None:
+        """The answers to ``batch`` are being sent (the serve loop calls this as it writes)."""
+        at = time.monotonic() if now is None else now
+        for p in batch:
+            if p.request is not None:
+                self._replied[p.request.client] = at
+
     def _note_clients(self, items: list[Pending], now: float) -> set[str]:
-        seen = {p.request.client for p in items if p.request is not None}
+        seen: set[str] = set()
+        for p in items:
+            if p.request is None:
+                continue
+            client, think_ms = p.request.client, p.request.think_ms
+            seen.add(client)
+            if think_ms >= 0:
+                think = think_ms / 1000.0
+                old = self._think.get(client)
+                self._think[client] = think if old is None else old + _GAP_WEIGHT * (think - old)
         for client in seen:
             last = self._last_seen.get(client)
             if last is not None:
@@ -123,8 +154,15 @@ class WindowBatcher:
         last = self._last_seen[client]
         if now - last > self.active_client_s:
             del self._last_seen[client]
-            self._period.pop(client, None)
+            for learned in (self._period, self._think, self._replied):
+                learned.pop(client, None)
             return now
+        replied, think = self._replied.get(client), self._think.get(client)
+        if replied is not None and think is not None and replied >= last:
+            # answered since its last request: it asks again ``think`` after the answer
+            if replied + think > now + self.max_wait_s + _EARLY_S:
+                return now  # not due within this window: do not wait for it
+            return replied + _PATIENCE * think + _SLACK_S
         period = self._period.get(client)
         if period is None:
             return last + self.active_client_s

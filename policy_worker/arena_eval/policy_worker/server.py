@@ -302,10 +302,10 @@ class PolicyWorker:
         if read_next:
             block = None if self._carry else self.config.block_ms
             commands.append(self.group.read_command(self.batcher.read_count(carried), block))
-        results = self._conn.run(
-            commands,
-            timeout_s=_read_timeout(self.config.block_ms if read_next else 0),
-        )
+        if (replied := getattr(self.batcher, "replied", None)) is not None:
+            replied(items)  # optional hook: when clients ask again (WindowBatcher)
+        timeout_s = _read_timeout(self.config.block_ms if read_next else 0)
+        results = self._conn.run(commands, timeout_s=timeout_s)
         for result in results[:-1] if read_next else results:
             if isinstance(result, ResponseError):
                 log.warning("reply/ack command failed: %s", result)

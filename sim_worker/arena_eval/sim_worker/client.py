@@ -114,6 +114,9 @@ class PolicyClient:
         self.last_infos: list[dict[str, Any]] | None = None
         self.duplicates_dropped = 0
         self.requests_sent = 0
+        #: When the last answer came back (perf_counter); the next request's ``think_ms``
+        #: is measured from it, so the pool can tell when this client will ask again.
+        self._answered_at: float | None = None
         if handshake:
             self.connect()
 
@@ -165,12 +168,14 @@ class PolicyClient:
             obs=dict(obs),
             sent=now,
             deadline=now + self.timeout_s,
+            think_ms=-1.0 if self._answered_at is None else (t0 - self._answered_at) * 1e3,
         )
+        self._answered_at = None  # set again by an answer: after a failure there is no think time
         parts, nbytes = codec.dumps_parts(request.to_message(), compression=self.compression)
         t_encoded = time.perf_counter()
         payload = self.route.choose(parts, nbytes)
         reply = self._round_trip(request.rid, payload, parts, nbytes)
-        t_done = time.perf_counter()
+        t_done = self._answered_at = time.perf_counter()
         actions = reply["actions"]
         expected = (rows, *spec.action_shape)
         if not isinstance(actions, np.ndarray) or actions.shape != expected:
