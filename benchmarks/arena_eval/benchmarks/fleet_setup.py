@@ -45,7 +45,7 @@ class FleetSetup:
     episodes: int = 128
     ks: tuple[int, ...] = (1, 2, 4)
     task: str = TASK
-    num_envs: int = 16
+    num_envs: int = 2
     max_steps: int = 50
     a_ms: float = 20.0
     b_ms: float = 0.2

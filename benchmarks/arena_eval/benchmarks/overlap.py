@@ -19,6 +19,11 @@ The ceiling: with a cost per row, overlap turns ``step + latency`` into
 and that cost is nil. With a fixed cost per request (``--fixed-ms``, ``--row-ms 0``) each
 lane pays the whole cost for half the rows, so the ceiling is 1.5x.
 
+The default, 64 slots of ``metaworld/reach-v3``, makes one step of all slots about 16-20 ms on
+this VM: the regime the issue starts from (lerobot#3275: env steps of about 20 ms). With 16
+slots (a 4-5 ms step) the fabric's own round trip (about 1 ms, paid once per lane) is a
+quarter of the step and caps the ratio near ``2 S / (S + f)`` = 1.6x before any jitter.
+
 ``arena-eval bench overlap`` (or ``python -m arena_eval.benchmarks.overlap``)
 """
 
@@ -93,7 +98,7 @@ def _step_ms(short: dict[str, float], long: dict[str, float], num_envs: int) -> 
 
 
 def run_overlap(
-    *, num_envs: int = 16, episodes: int = 32, max_steps: int = 100, task: str = TASK,
+    *, num_envs: int = 64, episodes: int = 128, max_steps: int = 100, task: str = TASK,
     fixed_ms: float = 0.0, row_ms: float | None = None, max_wait_ms: float = 0.0,
     rounds: int = 2, settings: RedisSettings | None = None,
 ) -> dict[str, Any]:  # fmt: skip
@@ -172,8 +177,8 @@ def format_result(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--episodes", type=int, default=32)
+    parser.add_argument("--num-envs", type=int, default=64)
+    parser.add_argument("--episodes", type=int, default=128)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--task", default=TASK)
     parser.add_argument("--fixed-ms", type=float, default=0.0)

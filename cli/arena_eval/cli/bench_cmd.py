@@ -134,8 +134,10 @@ def gateway_cmd(
 
 @app.command("overlap")
 def overlap_cmd(
-    num_envs: int = typer.Option(16, "--num-envs", min=2, help="Env slots of the one sim worker."),
-    episodes: int = typer.Option(32, "--episodes", min=1, help="Episodes per timed run."),
+    num_envs: int = typer.Option(
+        64, "--num-envs", min=2, help="Env slots of the one sim worker (64: a ~20 ms step)."
+    ),
+    episodes: int = typer.Option(128, "--episodes", min=1, help="Episodes per timed run."),
     max_steps: int = typer.Option(100, "--max-steps", min=1, help="Steps per episode."),
     task: str = typer.Option("metaworld/reach-v3", "--task", help="Env to step."),
     fixed_ms: float = typer.Option(0.0, "--fixed-ms", min=0, help="Model cost per request."),
