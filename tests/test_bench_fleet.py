@@ -65,8 +65,9 @@ def test_bench_fleet_runs_every_configuration(settings: RedisSettings) -> None:
 
 
 def test_the_batching_ceiling() -> None:
-    """K (a + b N) / (a + b K N): 4 x 23.2 / 32.8 for the default workload."""
-    assert batching_ceiling(FleetSetup(), 4) == pytest.approx(4 * 23.2 / 32.8)
+    """K (a + b N) / (a + b K N): 4 x 20.4 / 21.6 for the default workload (2 slots per sim)."""
+    assert batching_ceiling(FleetSetup(), 4) == pytest.approx(4 * 20.4 / 21.6)
+    assert batching_ceiling(FleetSetup(num_envs=16), 4) == pytest.approx(4 * 23.2 / 32.8)
     assert batching_ceiling(FleetSetup(a_ms=20, b_ms=0), 4) == pytest.approx(4.0)
 
 
