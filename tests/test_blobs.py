@@ -9,6 +9,7 @@ the suite runs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -105,12 +106,15 @@ def test_a_ticket_may_only_name_its_requesters_rollout_stream(
     ):
         key = keys.rollout_obs(victim.client_id, "0", 7)
         r.set(key, b"victim's observations")  # as if a request of the victim's were pending
+        time.sleep(2.2)  # idle for 2 s: a read of the key would reset its idle time
         _forged(r, keys, thief, key, "rid-steal")
         msg = _error_reply(r, thief, "rid-steal")
         assert msg["kind"] == "error"
         assert "requester's rollout blobs" in str(msg["error"])
         dead = r.xrange(keys.pool_dead(POOL))
         assert any(b"requester's rollout blobs" in f[b"reason"] for _, f in dead)
+        # never read: the ticket is checked before any blob is fetched (OBJECT does not touch)
+        assert int(r.object("idletime", key)) >= 2
         assert r.exists(key)  # and not deleted either
 
 

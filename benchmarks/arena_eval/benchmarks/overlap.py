@@ -121,8 +121,7 @@ def run_overlap(
         _run(s, free, task, (num_envs,), list(range(num_envs)), 10)  # warm-up
         short = _run(s, free, task, (num_envs,), list(range(num_envs)), max(short_steps, 1))
         timed = _run(s, free, task, (num_envs,), list(range(num_envs)), max_steps)
-    step_ms = _step_ms(short, timed, num_envs) if short_steps >= 1 else (
-        timed["sim_ms"] / timed["steps"] * num_envs)  # fmt: skip
+    step_ms = _step_ms(short, timed, num_envs)
     fabric_ms = timed["round_trip_ms"] / max(timed["requests"], 1)
     if row_ms is None:  # latency of all rows (fabric + model) == one step of all slots
         row_ms = max(0.0, step_ms - fabric_ms - fixed_ms) / num_envs

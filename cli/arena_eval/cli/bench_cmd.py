@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 
 import typer
+from rich.status import Status
 
 from arena_eval.benchmarks.fleet_setup import FleetSetup
 from arena_eval.cli.common import JSON_OPTION, REDIS_URL_OPTION, console, print_json, settings_for
@@ -13,6 +14,11 @@ app = typer.Typer(help="Benchmarks that print ratios against a baseline measured
 
 #: ``bench fleet``'s defaults are its workload's (``FleetSetup``), so the two cannot drift.
 _FLEET = FleetSetup()
+
+
+def _measuring(json_out: bool) -> AbstractContextManager[Status | None]:
+    """A spinner while a benchmark runs; nothing with ``--json`` (stdout is the JSON)."""
+    return nullcontext() if json_out else console.status("measuring...", spinner="dots")
 
 
 @app.command("latency")
@@ -36,7 +42,7 @@ def latency_cmd(
     kinds = list(PAYLOADS) if payload == "all" else [payload]
     settings = settings_for(redis_url)
     results = []
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+    with _measuring(json_out):
         for kind in kinds:
             results.append(
                 run_latency(kind, requests=requests, settings=settings, transport=transport)
@@ -63,7 +69,7 @@ def throughput_cmd(
     """Requests/s of K sims sharing one batched pool vs the seed's one-at-a-time server."""
     from arena_eval.benchmarks.throughput import run_throughput
 
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+    with _measuring(json_out):
         result = run_throughput(
             clients=clients, rows=rows, latency_ms=latency_ms, seconds=seconds,
             settings=settings_for(redis_url),
@@ -120,7 +126,7 @@ def gateway_cmd(
         raise typer.BadParameter(f"choose from {', '.join(FAMILIES)}", param_hint="--family")
     if payload not in ("small", "libero"):
         raise typer.BadParameter("small or libero", param_hint="--payload")
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext() as bar:
+    with _measuring(json_out) as bar:
         result = run_gateway_bench(
             clients=counts, families=family or FAMILIES, latency_ms=latency_ms, seconds=seconds,
             payload=payload, max_wait_ms=max_wait_ms, settings=settings_for(redis_url),
@@ -156,7 +162,7 @@ def overlap_cmd(
     """Env steps/s of one sim worker: synchronous rollout vs --overlap (double-buffered)."""
     from arena_eval.benchmarks.overlap import format_result, run_overlap
 
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+    with _measuring(json_out):
         result = run_overlap(
             num_envs=num_envs, episodes=episodes, max_steps=max_steps, task=task,
             fixed_ms=fixed_ms, row_ms=row_ms, max_wait_ms=max_wait_ms, rounds=rounds,
@@ -192,7 +198,7 @@ def policy_rows_cmd(
         raise typer.BadParameter("at least one batch size, each >= 1", param_hint="--batch")
     if model not in MODELS:
         raise typer.BadParameter(f"choose from {', '.join(MODELS)}", param_hint="--model")
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+    with _measuring(json_out):
         result = run_policy_rows(
             batches=batches, devices=[d.strip() for d in device.split(",") if d.strip()],
             model=model, checkpoint=checkpoint, seconds=seconds, pool=not no_pool,
@@ -227,7 +233,7 @@ def saturation_cmd(
         raise typer.BadParameter("comma-separated integers", param_hint="--clients") from None
     if not counts or min(counts) < 1:
         raise typer.BadParameter("at least one count, each >= 1", param_hint="--clients")
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext():
+    with _measuring(json_out):
         result = run_saturation(
             clients=counts, rows=rows, base_ms=base_ms, row_ms=row_ms, step_ms=step_ms,
             max_wait_ms=max_wait_ms, seconds=seconds, settings=settings_for(redis_url),
@@ -291,7 +297,7 @@ def fleet_cmd(
         episodes=episodes, ks=ks, task=task, num_envs=num_envs, max_steps=max_steps,
         a_ms=a_ms, b_ms=b_ms, max_wait_ms=max_wait_ms,
     )  # fmt: skip
-    with console.status("measuring...", spinner="dots") if not json_out else nullcontext() as bar:
+    with _measuring(json_out) as bar:
         result = run_fleet(
             setup, settings=settings_for(redis_url),
             progress=(lambda text: bar.update(f"measuring {text}")) if bar else None,

@@ -60,7 +60,7 @@ def decode_read(
     """
     now = time.time()
     pending = [Pending(e.stream, e.entry_id, e.fields, now) for e in transport.parse_entries(resp)]
-    fetched = _prefetch(pending, fetch)
+    fetched = _prefetch(pending, keys, fetch)
     return [decode(p, keys, spec, reader, buffers, fetched=fetched) for p in pending]
 
 
@@ -102,14 +102,18 @@ def fetch_blobs(conn: ChainConnection, blob_keys: list[str]) -> dict[str, bytes 
     return {k: transport.obs_payload(reply) for k, reply in zip(blob_keys, replies, strict=True)}
 
 
-def _prefetch(pending: list[Pending], fetch: ObsFetch | None) -> dict[str, bytes | None]:
+def _prefetch(
+    pending: list[Pending], keys: Keys, fetch: ObsFetch | None
+) -> dict[str, bytes | None]:
+    """The blobs of ``pending``'s tickets, checked before they are read: a ticket naming
+    anything but its requester's blob is never fetched (``decode`` says why it fails)."""
     refs = []
     for p in pending:
         if F_OBS in p.fields and fetch is not None:
             try:
-                refs.append(transport.parse_obs_ticket(p.fields[F_OBS]))
-            except ValueError:
-                continue  # decode says why
+                refs.append(_owned_blob(p, keys))
+            except ArenaEvalError:
+                continue
     return fetch(refs) if refs and fetch is not None else {}
 
 
@@ -127,7 +131,7 @@ def admit(
     """A reclaimed entry: marked over-delivered if handed out too often, else decoded."""
     if deliveries > max_deliveries:
         return over_delivered(p, keys, deliveries, max_deliveries)
-    return decode(p, keys, spec, reader, buffers, fetched=_prefetch([p], fetch))
+    return decode(p, keys, spec, reader, buffers, fetched=_prefetch([p], keys, fetch))
 
 
 def decode(
@@ -179,33 +183,34 @@ def decode(
     return p
 
 
-def _observation(p: Pending, keys: Keys, fetched: Mapping[str, bytes | None]) -> bytes:
-    """The payload a blob ticket points at; it may only name its requester's blobs."""
+def _owned_blob(p: Pending, keys: Keys) -> str:
+    """The blob key ``p``'s ticket names; it may only name its requester's blobs."""
     try:
         blob_key = transport.parse_obs_ticket(p.fields[F_OBS])
     except ValueError as exc:
         raise ArenaEvalError(str(exc)) from None
-    owner = keys.reply_stream_client(p.reply) if p.reply else None
+    owner = keys.reply_stream_client(as_text(p.fields.get(F_REPLY)))
     if owner is None or keys.rollout_obs_client(blob_key) != owner:
         raise ArenaEvalError("a blob ticket may only name its requester's rollout blobs")
+    return blob_key
+
+
+def _observation(p: Pending, keys: Keys, fetched: Mapping[str, bytes | None]) -> bytes:
+    """The payload of ``p``'s blob, which its answer deletes (``p.blob``)."""
+    blob_key = _owned_blob(p, keys)
     payload = fetched.get(blob_key)
     if payload is None:
         raise ArenaEvalError(
             f"request blob {blob_key} is gone (expired, or lost in a failover); the client "
             "sends it again"
         )
+    p.blob = blob_key
     return payload
 
 
-def answered_blobs(items: list[Pending], keys: Keys) -> list[str]:
-    """The blobs of answered requests whose ticket was valid: the worker deletes them."""
-    out = []
-    for p in items:
-        if p.request is not None and F_OBS in p.fields:
-            blob_key = transport.parse_obs_ticket(p.fields[F_OBS])
-            if keys.rollout_obs_client(blob_key) is not None:
-                out.append(blob_key)
-    return out
+def answered_blobs(items: list[Pending]) -> list[str]:
+    """The blobs answered requests were read from: the worker deletes them."""
+    return [p.blob for p in items if p.request is not None and p.blob is not None]
 
 
 def over_delivered(p: Pending, keys: Keys, deliveries: int, max_deliveries: int) -> Pending:

@@ -36,6 +36,8 @@ class Pending:
     ticket: shm.Ticket | None = None
     error: str | None = None
     decode_ms: float = 0.0
+    #: The blob key the payload was read from (a blob ticket), deleted with the answer.
+    blob: str | None = None
 
 
 def rows(p: Pending) -> int:

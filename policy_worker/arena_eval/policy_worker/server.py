@@ -295,7 +295,7 @@ class PolicyWorker:
         self.stats.errors += dead
         self.stats.dead_letters += dead
         commands += self.group.ack_delete_commands(by_stream(items))
-        commands += transport.obs_delete_commands(decoding.answered_blobs(items, self.keys))
+        commands += transport.obs_delete_commands(decoding.answered_blobs(items))
         # with requests carried over, the next read must not block: they are due now
         carried = total_rows(self._carry)
         read_next = not self._stop.is_set() and carried < self.batcher.max_batch

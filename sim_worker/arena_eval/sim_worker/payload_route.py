@@ -61,6 +61,7 @@ class PayloadRoute:
         self._route_checked = 0.0
         self._local_worker = False
         self._blobs = _blob_mode()
+        self._blob_min_bytes = _blob_min_bytes()
         self._rollout = "0"
         self._blob_seq = 0
         #: The route of the last request: ``shm``, ``blob`` or ``inline``.
@@ -105,7 +106,7 @@ class PayloadRoute:
         return self.inline_or_blob(parts, nbytes)
 
     def inline_or_blob(self, parts: list[Any], nbytes: int) -> tuple[bytes, Arg, str]:
-        blob = self._blobs and nbytes >= _blob_min_bytes()
+        blob = self._blobs and nbytes >= self._blob_min_bytes
         self.last = "blob" if blob else "inline"
         return (F_OBS if blob else F_DATA, Parts(parts, nbytes), self.request_stream)
 
