@@ -12,12 +12,13 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from arena_eval.broker.settings import RedisSettings
 from arena_eval.policy_worker.policy import Batch
 from arena_eval.policy_worker.server import PolicyWorker
-from arena_eval.sim_worker.client import PolicyClient
-from tests.policies_for_tests import DIM, EchoPolicy, expected_actions
+from arena_eval.sim_worker.client import PolicyClient, RemotePolicyError
+from tests.policies_for_tests import DIM, FAIL_MARKER, EchoPolicy, expected_actions
 
 POOL = "echo"
 
@@ -200,11 +201,15 @@ def test_requests_carry_the_clients_think_time_and_the_worker_notes_its_answers(
             for i in range(3):
                 client.infer({"x": _rows(i)}, [0, 1])
                 time.sleep(0.05)  # the "env step" between an answer and the next request
+            with pytest.raises(RemotePolicyError):
+                client.infer({"x": _rows(FAIL_MARKER)}, [0, 1])
+            client.infer({"x": _rows(9)}, [0, 1])  # after a failure: no think time
             replied = dict(worker.batcher._replied)  # type: ignore[attr-defined]
             client_id = client.client_id
     finally:
         worker.stop()
         thread.join(10)
-    assert seen[0] == -1.0 and len(seen) == 3
-    assert all(t >= 50.0 for t in seen[1:]), seen
+    assert seen[0] == -1.0 and len(seen) == 5
+    assert all(t >= 50.0 for t in seen[1:4]), seen
+    assert seen[4] == -1.0, seen
     assert client_id in replied

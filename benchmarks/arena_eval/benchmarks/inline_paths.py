@@ -86,11 +86,11 @@ class RouteClient:
     """One client connection that sends a request by any route and waits for its reply."""
 
     def __init__(self, url: str, prefix: str, pool_stream: str) -> None:
-        self.prefix = prefix
         self.client_id = uuid.uuid4().hex[:12]
         self.pool_stream = pool_stream
-        self.reply_key = Keys(prefix).reply_stream(self.client_id)
-        self.obs_key = payload_routes.obs_stream_key(prefix, self.client_id)
+        self.keys = Keys(prefix)
+        self.reply_key = self.keys.reply_stream(self.client_id)
+        self.obs_key = self.keys.bench_obs_stream(self.client_id)
         self._conn = DedicatedConnection(connect(RedisSettings(url=url, prefix=prefix)))
         self._last = b"0-0"
         self._seq = 0
@@ -100,7 +100,7 @@ class RouteClient:
         if route == "inline":
             return [transport.request_command(self.pool_stream, rid, self.reply_key, F_DATA, whole)]
         if route in ("blob", "blob-recv_into"):
-            key = payload_routes.blob_key(self.prefix, self.client_id, rid)
+            key = self.keys.bench_blob(self.client_id, rid)
             field = payload_routes.F_BLOB if route == "blob" else F_BLOB_DIRECT
             return [
                 payload_routes.blob_set_command(key, whole, BLOB_TTL_MS),

@@ -123,6 +123,15 @@ class Keys:
             return None
         return owner
 
+    # -- benchmark only (benchmarks/inline_paths.py, under its private prefix) --------------
+    def bench_blob(self, client_id: str, rid: str) -> str:
+        """STRING holding one request's payload: the blob route ``inline_paths`` compares."""
+        return f"{self.prefix}blob:{{{client_id}}}:{rid}"
+
+    def bench_obs_stream(self, client_id: str) -> str:
+        """STREAM of one client's large requests: the rollout-stream route it compares."""
+        return f"{self.prefix}rollout:{{{client_id}}}:obs"
+
     # -- jobs -----------------------------------------------------------------
     def jobs(self) -> str:
         """ZSET of job ids scored by submit time."""

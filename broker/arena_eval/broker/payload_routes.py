@@ -12,8 +12,8 @@ zero-copy writer (``wire.Parts`` in ``wire.execute_chain``). Four routes for one
   its reply;
 * **chunks**: the payload split over several fields of one pool-stream entry.
 
-The keys are the benchmark's own (under its private prefix, on its own server), so they are
-built here, not in ``keys.py``; the product's route is the lead's ``Keys.rollout_obs``.
+The keys are the benchmark's own (under its private prefix, on its own server):
+``Keys.bench_blob`` and ``Keys.bench_obs_stream``; the product's route is ``Keys.rollout_obs``.
 """
 
 from __future__ import annotations
@@ -28,16 +28,6 @@ F_BLOB = b"blob"
 F_OBS = b"obs"
 F_CHUNKS = b"nchunks"
 OBS_MAXLEN = 4
-
-
-def blob_key(prefix: str, client: str, rid: str) -> str:
-    """STRING holding one request's payload (benchmark only)."""
-    return f"{prefix}blob:{{{client}}}:{rid}"
-
-
-def obs_stream_key(prefix: str, client: str) -> str:
-    """STREAM of one client's large requests (benchmark only)."""
-    return f"{prefix}rollout:{{{client}}}:obs"
 
 
 def ticket_command(
